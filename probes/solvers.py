@@ -1,0 +1,232 @@
+"""Batched solvers: many L2-regularised linear probes fitted at once with torch.
+
+Two closed problems, each solved for a whole grid of (layer, group) problems
+in one pass over the data, on CPU or GPU:
+
+* logistic regression (binary sigmoid, multinomial softmax, or several
+  independent binary targets) with **exactly scikit-learn's objective**
+  ``C * sum_i loss_i + ||W||^2 / 2`` (intercept unpenalised), divided by
+  ``C * n`` so every problem has an O(1) scale. Solved by a batched L-BFGS
+  where every problem keeps its own curvature history and step size, so a
+  well-conditioned problem never waits for a badly conditioned one;
+* ridge regression ``||y - Xw - b||^2 + alpha ||w||^2`` in closed form from
+  sufficient statistics (``X^T X``, ``X^T y``): one eigendecomposition per
+  (layer, fold) serves every ``alpha`` of a grid.
+
+Rows are weighted by ``weights[g, n]`` (0/1 masks for cross-validation folds),
+so all folds and all regularisation strengths share one pass over ``X``.
+
+Shapes: ``L`` layers, ``G`` problems per layer (folds x grid), ``n`` rows,
+``d`` features, ``O`` outputs (classes for softmax, targets for sigmoid/ridge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Mode = Literal["softmax", "sigmoid"]
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """Weights of ``L x G`` fitted linear maps (``logits = x @ coef + intercept``)."""
+
+    coef: Float[Tensor, "layer group d_model out"]
+    intercept: Float[Tensor, "layer group out"]
+    n_iter: Tensor  # [layer, group] L-BFGS iterations (zeros for ridge)
+
+
+def _logistic_loss_grad(
+    X: Float[Tensor, "layer n d_model"],
+    Y: Tensor,
+    W: Float[Tensor, "layer group d_model out"],
+    b: Float[Tensor, "layer group out"],
+    weights: Float[Tensor, "group n"],
+    inv_Cn: Float[Tensor, "layer group"],
+    mode: Mode,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Objective / (C n) and its gradient for every problem; rows in chunks to bound memory."""
+    n_g = weights.sum(1).clamp_min(1.0)  # [G]
+    loss = 0.5 * inv_Cn * (W * W).sum((2, 3))
+    gW = W * inv_Cn[..., None, None]
+    gb = torch.zeros_like(b)
+    for s in range(0, X.shape[1], chunk):
+        x = X[:, s : s + chunk]
+        w = weights[:, s : s + chunk] / n_g[:, None]  # [G, c]
+        z = torch.einsum("lnd,lgdo->lgno", x, W) + b[:, :, None, :]
+        if mode == "softmax":
+            y = Y[s : s + chunk]
+            lse = torch.logsumexp(z, -1)
+            picked = z.gather(-1, y.view(1, 1, -1, 1).expand(*z.shape[:2], -1, 1)).squeeze(-1)
+            loss = loss + ((lse - picked) * w).sum(-1)
+            r = torch.softmax(z, -1)
+            r.scatter_add_(-1, y.view(1, 1, -1, 1).expand(*z.shape[:2], -1, 1),
+                           torch.full((*z.shape[:3], 1), -1.0, dtype=z.dtype, device=z.device))
+        else:  # independent binary targets, Y [n, O] in {0, 1}
+            y = Y[s : s + chunk].to(z.dtype)
+            loss = loss + (torch.nn.functional.softplus(z) - y * z).mul(w[..., None]).sum((-1, -2))
+            r = torch.sigmoid(z) - y
+        r = r * w[None, :, :, None]
+        gW = gW + torch.einsum("lnd,lgno->lgdo", x, r)
+        gb = gb + r.sum(2)
+    return loss, gW, gb
+
+
+def fit_logistic(
+    X: Float[Tensor, "layer n d_model"],
+    Y: Tensor,
+    *,
+    C: Float[Tensor, "layer group"],
+    weights: Float[Tensor, "group n"] | None = None,
+    mode: Mode = "softmax",
+    n_out: int,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    history: int = 10,
+    chunk: int = 8192,
+) -> LinearFit:
+    """Fit ``layer x group`` logistic regressions by batched L-BFGS.
+
+    Args:
+        X: standardised features, one matrix per layer.
+        Y: ``[n]`` class ids (softmax) or ``[n, out]`` 0/1 targets (sigmoid).
+        C: inverse regularisation strength per problem (scikit-learn's ``C``).
+        weights: row weights per group (0/1 fold masks); ``None`` for all ones.
+        mode: ``"softmax"`` (multinomial) or ``"sigmoid"`` (each output binary,
+            as scikit-learn fits a two-class problem).
+        n_out: number of classes (softmax) or targets (sigmoid).
+        max_iter: L-BFGS iterations (scikit-learn's default is 100).
+        tol: stop a problem when its largest gradient entry is below ``tol``
+            (scipy's ``pgtol``, as scikit-learn uses it).
+        history: L-BFGS memory.
+        chunk: rows per block when evaluating the loss.
+
+    Returns:
+        the weights in the standardised space.
+    """
+    L, n, d = X.shape
+    G = C.shape[1]
+    dev, dt = X.device, X.dtype
+    if weights is None:
+        weights = torch.ones(G, n, device=dev, dtype=dt)
+    inv_Cn = 1.0 / (C.to(dev, dt) * weights.sum(1).clamp_min(1.0)[None, :])
+    W = torch.zeros(L, G, d, n_out, device=dev, dtype=dt)
+    b = torch.zeros(L, G, n_out, device=dev, dtype=dt)
+
+    def f(W, b):
+        return _logistic_loss_grad(X, Y, W, b, weights, inv_Cn, mode, chunk)
+
+    def flat(gW, gb):
+        return torch.cat([gW.reshape(L, G, -1), gb], -1)  # [L, G, p]
+
+    loss, gW, gb = f(W, b)
+    theta, g = flat(W, b), flat(gW, gb)
+    S: list[Tensor] = []
+    Yh: list[Tensor] = []
+    R: list[Tensor] = []
+    n_iter = torch.zeros(L, G, dtype=torch.long, device=dev)
+    done = g.abs().amax(-1) <= tol
+
+    def unflat(t):
+        return t[..., : d * n_out].reshape(L, G, d, n_out), t[..., d * n_out :]
+
+    for it in range(max_iter):
+        if bool(done.all()):
+            break
+        # two-loop recursion, per problem
+        q = g.clone()
+        alphas = []
+        for s, y, rho in zip(reversed(S), reversed(Yh), reversed(R)):
+            a = rho * (s * q).sum(-1)
+            alphas.append(a)
+            q -= a[..., None] * y
+        if S:
+            gamma = (S[-1] * Yh[-1]).sum(-1) / (Yh[-1] * Yh[-1]).sum(-1).clamp_min(1e-30)
+        else:  # first step: at most unit length
+            gamma = 1.0 / g.norm(dim=-1).clamp_min(1.0)
+        q *= gamma[..., None]
+        for s, y, rho, a in zip(S, Yh, R, reversed(alphas)):
+            beta = rho * (y * q).sum(-1)
+            q += (a - beta)[..., None] * s
+        direction = -q
+        slope = (g * direction).sum(-1)
+        bad = slope >= 0  # not a descent direction: restart with steepest descent
+        if bool(bad.any()):
+            direction = torch.where(bad[..., None], -g, direction)
+            slope = (g * direction).sum(-1)
+        direction = direction * (~done)[..., None]
+        # backtracking Armijo line search, each problem with its own step
+        t = torch.ones(L, G, device=dev, dtype=dt)
+        accepted = done.clone()
+        new_theta, new_loss, new_g = theta, loss, g
+        for _ in range(30):
+            trial = theta + t[..., None] * direction
+            tl, tgW, tgb = f(*unflat(trial))
+            ok = (~accepted) & (tl <= loss + 1e-4 * t * slope)
+            new_theta = torch.where(ok[..., None], trial, new_theta)
+            new_loss = torch.where(ok, tl, new_loss)
+            new_g = torch.where(ok[..., None], flat(tgW, tgb), new_g)
+            accepted |= ok
+            if bool(accepted.all()):
+                break
+            t = torch.where(accepted, t, t * 0.5)
+        stuck = ~accepted  # no decrease found: converged to numerical precision
+        s_k, y_k = new_theta - theta, new_g - g
+        sy = (s_k * y_k).sum(-1)
+        good = sy > 1e-10
+        S.append(s_k * good[..., None])
+        Yh.append(torch.where(good[..., None], y_k, torch.zeros_like(y_k)))
+        R.append(torch.where(good, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy)))
+        if len(S) > history:
+            S.pop(0), Yh.pop(0), R.pop(0)
+        change = (loss - new_loss).abs() <= 1e-9 * torch.maximum(loss.abs(), new_loss.abs()).clamp_min(1.0)
+        n_iter += (~done).long()
+        theta, loss, g = new_theta, new_loss, new_g
+        done = done | stuck | (g.abs().amax(-1) <= tol) | (change & accepted)
+    coef, intercept = unflat(theta)
+    return LinearFit(coef=coef.contiguous(), intercept=intercept.contiguous(), n_iter=n_iter)
+
+
+def ridge_stats(
+    X: Float[Tensor, "layer n d_model"],
+    Y: Float[Tensor, "n out"],
+    weights: Float[Tensor, "group n"],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Weighted sufficient statistics per (layer, group): n, sum x, sum y, X^T X, X^T y, y^T y."""
+    n_g = weights.sum(1)  # [G]
+    sx = torch.einsum("gn,lnd->lgd", weights, X)
+    sy = weights @ Y  # [G, O]
+    xtx = torch.einsum("lnd,gn,lne->lgde", X, weights, X)
+    xty = torch.einsum("lnd,gn,no->lgdo", X, weights, Y)
+    yty = weights @ (Y * Y)
+    return n_g, sx, sy, xtx, xty, yty
+
+
+def fit_ridge(
+    stats: tuple[Tensor, ...],
+    alphas: Float[Tensor, " alpha"],
+) -> tuple[Float[Tensor, "layer group alpha d_model out"], Float[Tensor, "layer group alpha out"]]:
+    """Ridge weights for every (layer, group) and every ``alpha`` from sufficient statistics.
+
+    Minimises ``sum_i w_i ||y_i - x_i W - b||^2 + alpha ||W||^2`` (scikit-learn's
+    ``Ridge`` with an unpenalised intercept): centre, eigendecompose the
+    centred ``X^T X`` once, then each ``alpha`` costs a diagonal rescale.
+    """
+    n_g, sx, sy, xtx, xty, _ = stats
+    n = n_g.clamp_min(1.0)[None, :, None]
+    mx = sx / n  # [L, G, d]
+    my = sy / n_g.clamp_min(1.0)[:, None]  # [G, O]
+    xtx_c = xtx - n[..., None] * mx[..., :, None] * mx[..., None, :]
+    xty_c = xty - n[..., None] * mx[..., :, None] * my[None, :, None, :]
+    evals, V = torch.linalg.eigh(xtx_c)  # [L, G, d], [L, G, d, d]
+    proj = V.transpose(-1, -2) @ xty_c  # [L, G, d, O]
+    scale = 1.0 / (evals[:, :, None, :] + alphas[None, None, :, None])  # [L, G, A, d]
+    coef = torch.einsum("lgde,lgae,lgeo->lgado", V, scale, proj)
+    intercept = my[None, :, None, :] - torch.einsum("lgd,lgado->lgao", mx, coef)
+    return coef, intercept
