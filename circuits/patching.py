@@ -1,0 +1,204 @@
+"""Activation patching, batched: equal to TransformerLens' ``get_act_patch_*``, many patches per forward.
+
+Activation patching (Vig et al. 2020; Meng et al. 2022; Wang et al. 2022)
+runs one input with an activation taken from another and measures a metric.
+``direction="denoising"`` (the default, TransformerLens' convention) runs the
+corrupt input with clean activations patched in, so
+``patch(model, clean, corrupt, metric, target=t).values`` equals
+``get_act_patch_*(model, corrupt, clean_cache, metric)``;
+``direction="noising"`` runs the clean input with corrupt activations.
+
+Example:
+    >>> import probekit as pk, circuits
+    >>> task = pk.tasks.get("induction")
+    >>> model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, attn_only=True, d_vocab=task.d_vocab))
+    >>> pairs = task.patching_pairs(4, seed=0)
+    >>> metric = pk.metrics.make("logit-diff", answers=pairs.answers, wrong=pairs.wrong)
+    >>> res = circuits.patch(model, pairs.clean, pairs.corrupt, metric, target="heads", progress=False)
+    >>> res.values.shape
+    torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuits import targets as _targets
+from circuits._engine import Engine, check_tokens, chunks, eval_mode
+from circuits.result import PatchResult, bootstrap_ci
+from probekit.errors import ProbekitError, unknown
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["denoising", "noising"]
+DIRECTIONS = ("denoising", "noising")
+
+
+def pos_labels(model, tokens: Tensor) -> list[str]:
+    """``"i:token"`` for each position of the first sequence, so repeated tokens stay distinct."""
+    ids = tokens[0].tolist()
+    tok = getattr(model, "tokenizer", None)
+    try:
+        strs = tok.convert_ids_to_tokens(ids) if tok is not None else [str(i) for i in ids]
+    except Exception:  # a tokenizer that cannot map ids
+        strs = [str(i) for i in ids]
+    return [f"{i}:{s}" for i, s in enumerate(strs)]
+
+
+def axis_labels(model, tokens: Tensor, axes: tuple[str, ...], sizes: tuple[int, ...]) -> dict[str, list[str]]:
+    """Tick labels for each axis of a result."""
+    out: dict[str, list[str]] = {}
+    for ax, n in zip(axes, sizes):
+        if ax == "layer":
+            out[ax] = [f"L{i}" for i in range(n)]
+        elif ax in ("pos", "dest_pos", "src_pos"):
+            out[ax] = pos_labels(model, tokens)[:n]
+        elif ax == "head":
+            out[ax] = [f"H{i}" for i in range(n)]
+        else:
+            out[ax] = [str(i) for i in range(n)]
+    return out
+
+
+def evaluator(metric: Callable[[Tensor], Tensor], batch: int, per_example: bool) -> Callable[[Tensor], Tensor]:
+    """Wrap a metric: check it returns a scalar (or ``[batch]`` with ``per_example``)."""
+
+    def ev(logits: Tensor) -> Tensor:
+        out = torch.as_tensor(metric(logits))
+        if per_example:
+            if out.ndim != 1 or out.shape[0] != batch:
+                raise ProbekitError(
+                    f"with per_example=True the metric must return one value per example ([{batch}]), got shape {tuple(out.shape)}"
+                )
+        elif out.ndim != 0:
+            raise ProbekitError(
+                f"the metric must return a scalar, got shape {tuple(out.shape)}; use per_example=True for [batch] metrics"
+            )
+        return out.detach().float()
+
+    return ev
+
+
+def check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise unknown("direction", direction, DIRECTIONS)
+
+
+def check_target_available(model, target: _targets.Target) -> None:
+    if target.hook_name(0) not in model.hook_dict:
+        why = " (the model is attention-only)" if getattr(model.cfg, "attn_only", False) and target.needs_mlp else ""
+        have = [t for t in _targets.names() if _targets.get(t).hook_name(0) in model.hook_dict]
+        raise ProbekitError(f"patch target {target.name!r} does not exist on this model{why} (valid here: {', '.join(have)})")
+
+
+def run_pair(model, base: Tensor, src: Tensor, names: set[str]):
+    """Logits and caches of the base and source runs, holding only ``names``."""
+    flt = lambda n: n in names  # noqa: E731
+    base_logits, base_cache = model.run_with_cache(base, names_filter=flt)
+    src_logits, src_cache = model.run_with_cache(src, names_filter=flt)
+    return base_logits, base_cache, src_logits, src_cache
+
+
+def finish(values_pe: Tensor, per_example: bool, n_boot: int, seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Values, per-example values and their bootstrap interval from the stored metric values."""
+    if not per_example:
+        return values_pe, None, None, None
+    lo, hi = bootstrap_ci(values_pe, n_boot=n_boot, seed=seed)
+    return values_pe.mean(-1), values_pe, lo, hi
+
+
+def patch(
+    model,
+    clean: Int[Tensor, "batch pos"],
+    corrupt: Int[Tensor, "batch pos"],
+    metric: Callable[[Tensor], Tensor],
+    *,
+    target: str = "resid",
+    direction: Direction = "denoising",
+    per_example: bool = False,
+    n_boot: int = 1000,
+    memory_mb: float = 512.0,
+    progress: bool = True,
+) -> PatchResult:
+    """Patch every index of ``target`` in turn and evaluate ``metric``; batched, equal to TransformerLens.
+
+    Args:
+        model: a ``TransformerBridge``; switched to eval mode for the run if needed.
+        clean: clean tokens ``[batch, pos]``.
+        corrupt: corrupt tokens, same shape.
+        metric: logits ``[batch, pos, d_vocab]`` to a scalar (or ``[batch]`` with ``per_example``).
+        target: a name from :func:`circuits.targets.names` (``resid``, ``heads-by-pos``, ``pattern``, …).
+        direction: ``"denoising"`` (corrupt run, clean activations; TransformerLens' default) or ``"noising"``.
+        per_example: keep one value per example (the metric must return ``[batch]``);
+            ``values`` is their mean, with bootstrap intervals.
+        n_boot: bootstrap resamples for the intervals.
+        memory_mb: activation budget of one stacked forward (sets how many patches share a forward).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`PatchResult` whose ``values`` have the shape of the target's TransformerLens oracle.
+    """
+    t = _targets.get(target)
+    check_direction(direction)
+    with eval_mode(model), torch.no_grad():
+        clean, corrupt = check_tokens(model, clean, corrupt)
+        check_target_available(model, t)
+        base, src = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
+        n_layers = model.cfg.n_layers
+        names = {f"blocks.{L}.hook_resid_pre" for L in range(n_layers)} | {t.hook_name(L) for L in range(n_layers)}
+        base_logits, base_cache, src_logits, src_cache = run_pair(model, base, src, names)
+        B, T = base.shape
+        ev = evaluator(metric, B, per_example)
+        base_v, src_v = ev(base_logits), ev(src_logits)
+        engine = Engine(model, base, [base_cache[f"blocks.{L}.hook_resid_pre"] for L in range(n_layers)],
+                        base_logits, memory_mb)
+        src0 = src_cache[t.hook_name(0)]
+        rest_sizes = _rest_sizes(t, src0, T)
+        store = torch.zeros((n_layers, *rest_sizes, *((B,) if per_example else ())))
+        K = engine.copies_per_chunk()
+        indices = list(itertools.product(*(range(n) for n in rest_sizes)))
+        bar = tqdm(total=n_layers * len(indices), desc=f"patch {t.name}", disable=not progress)
+        for L in range(n_layers):
+            src_act = src_cache[t.hook_name(L)]
+            for chunk in chunks(indices, K):
+                def edit(view: Tensor, chunk=chunk, src_act=src_act) -> None:
+                    for k, idx in enumerate(chunk):
+                        _targets.apply(t.setter, view[k], src_act, idx)
+
+                if t.kind == "resid_pre":
+                    logits = engine.run(L, len(chunk), [], resid_edit=edit)
+                else:
+                    logits = engine.run(L, len(chunk), [(t.hook_name(L), edit)])
+                for k, idx in enumerate(chunk):
+                    store[(L, *idx)] = ev(logits[k]).cpu()
+                bar.update(len(chunk))
+        bar.close()
+    values, pe, lo, hi = finish(store, per_example, n_boot)
+    clean_v, corrupt_v = (src_v, base_v) if direction == "denoising" else (base_v, src_v)
+    return PatchResult(
+        values=values, axes=t.axes, labels=axis_labels(model, clean, t.axes, tuple(values.shape)),
+        target=t.name, direction=direction, metric=getattr(metric, "__name__", "metric"),
+        clean=float(clean_v.mean()), corrupt=float(corrupt_v.mean()), per_example=pe, ci_low=lo, ci_high=hi,
+        method="exact", extra={"suffix_forward": engine.suffix_ok, "copies_per_forward": K},
+    )
+
+
+def _rest_sizes(t: _targets.Target, act0: Tensor, T: int) -> tuple[int, ...]:
+    """Sizes of the non-layer axes of ``t``, read from an activation of layer 0."""
+    if t.setter == "pos":
+        return (T,)
+    if t.setter == "head":
+        return (act0.shape[2],)
+    if t.setter == "pos_head":
+        return (T, act0.shape[2])
+    if t.setter == "pattern_head":
+        return (act0.shape[1],)
+    return (act0.shape[1], T)  # pattern_head_dest
