@@ -1,0 +1,275 @@
+"""The on-disk layout of an activation store: a manifest and safetensors shards.
+
+A store directory holds
+
+- ``manifest.json``: format and version, the model (source, fingerprint,
+  shape), the data (task or user data, ``n``, seed, split, positions, a hash
+  of the tokens), the hooks with their per-row shapes and dtypes, the labels,
+  and one entry per complete shard: file name, rows, the examples it covers
+  and the sha256 of the file;
+- ``shard-00000.safetensors`` …: every hook's activations for a run of rows,
+  with the row index (``example_id``, ``position``, ``token``) and the labels
+  of those rows (``label.<name>``, ``label_mask.<name>``).
+
+Every file is written to a temporary name, fsynced and renamed into place; the
+manifest is rewritten the same way after each shard, so a killed writer leaves
+complete shards, possibly a stray temporary file, and a manifest that lists
+only complete shards. Shards are read with safetensors' ``safe_open`` (memory
+mapped), never unpickled, after their checksum is verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from probekit.errors import ProbekitError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "probekit-activations"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TMP_SUFFIX = ".tmp"
+INDEX_COLUMNS = ("example_id", "position", "token")
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+def is_store_file(name: str) -> bool:
+    """Whether ``name`` is a file this module writes (so it may delete it on overwrite/resume)."""
+    base = name[: -len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
+    return base == MANIFEST or (base.startswith("shard-") and base.endswith(".safetensors"))
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape the stored values."""
+    out = {}
+    for pkg in ("probekit", "torch", "transformer-lens", "safetensors"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace ``root/manifest.json`` (temp file, fsync, rename, fsync dir)."""
+    tmp = root / (MANIFEST + TMP_SUFFIX)
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MANIFEST)
+    _fsync_dir(root)
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of a store directory; a clear error for anything that is not one."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise ProbekitError(f"no activation store at {root}: not a directory")
+    if not path.is_file():
+        raise ProbekitError(f"no activation store at {root}: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProbekitError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ProbekitError(f"{path} is not a probekit activation store manifest (format != {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ProbekitError(
+            f"{path} has store format version {manifest.get('format_version')!r}; this probekit reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def write_shard(root: Path, index: int, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """Write one shard (temp name, fsync, rename) and return its manifest entry.
+
+    Args:
+        root: the store directory.
+        index: the shard number.
+        tensors: column name -> ``[rows, ...]`` contiguous CPU tensors.
+    """
+    name = shard_name(index)
+    tmp = root / (name + TMP_SUFFIX)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, root / name)
+    _fsync_dir(root)
+    return {"file": name, "rows": int(next(iter(tensors.values())).shape[0]), "sha256": digest}
+
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool)}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise ProbekitError(f"unsupported dtype {name!r} in store manifest (valid: {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+class ShardReader:
+    """Verified, memory-mapped read access to the shards of a store.
+
+    Args:
+        root: the store directory.
+        manifest: its parsed manifest.
+        verify: check each shard's sha256 against the manifest (reads every byte once).
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], *, verify: bool = True):
+        self.root = root
+        self.entries = list(manifest.get("shards", []))
+        self.columns = expected_columns(manifest)
+        self.offsets = [0]
+        for e in self.entries:
+            self.offsets.append(self.offsets[-1] + int(e["rows"]))
+        self._handles = [self._open(e, verify) for e in self.entries]
+
+    def _open(self, entry: dict[str, Any], verify: bool):
+        path = self.root / entry["file"]
+        if not path.is_file():
+            raise ProbekitError(f"shard {entry['file']} of the store at {self.root} is missing")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise ProbekitError(
+                f"shard {entry['file']} of the store at {self.root} is corrupt or was replaced: "
+                "its sha256 does not match the manifest"
+            )
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+            keys = set(handle.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ProbekitError(f"shard {entry['file']} of the store at {self.root} is unreadable: {e}") from None
+        rows = int(entry["rows"])
+        if keys != set(self.columns):
+            raise ProbekitError(
+                f"shard {entry['file']} of the store at {self.root} does not match the manifest: "
+                f"columns {sorted(keys ^ set(self.columns))} differ"
+            )
+        for key, (shape, dtype) in self.columns.items():
+            sl = handle.get_slice(key)
+            got_shape, got_dtype = list(sl.get_shape()), sl.get_dtype()
+            if got_shape != [rows, *shape] or _ST_DTYPES.get(got_dtype) != dtype:
+                raise ProbekitError(
+                    f"shard {entry['file']} of the store at {self.root} does not match the manifest: column {key!r} "
+                    f"is {got_dtype}{got_shape}, expected {dtype_name(dtype)}{[rows, *shape]}"
+                )
+        return handle
+
+    @property
+    def rows(self) -> int:
+        return self.offsets[-1]
+
+    def column(self, key: str) -> Tensor:
+        """All rows of one column, concatenated across shards (a copy in memory)."""
+        return self.slice(key, 0, self.rows)
+
+    def slice(self, key: str, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of one column, reading only the shards that hold them."""
+        parts = []
+        for i, h in enumerate(self._handles):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            if hi <= start or lo >= stop:
+                continue
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            parts.append(h.get_slice(key)[a:b])
+        if not parts:
+            shape, dtype = self.columns[key]
+            return torch.empty((0, *shape), dtype=dtype)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+# safetensors' dtype codes
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def expected_columns(manifest: dict[str, Any]) -> dict[str, tuple[list[int], torch.dtype]]:
+    """Column name -> (per-row shape, dtype) that every shard of this manifest holds."""
+    cols: dict[str, tuple[list[int], torch.dtype]] = {c: ([], torch.int64) for c in INDEX_COLUMNS}
+    for hook in manifest["hooks"]:
+        cols[f"act.{hook}"] = (list(manifest["shapes"][hook]), dtype_of(manifest["dtypes"][hook]))
+    for name, spec in manifest.get("labels", {}).items():
+        cols[f"label.{name}"] = ([], dtype_of(spec["dtype"]))
+        cols[f"label_mask.{name}"] = ([], torch.bool)
+    return cols
+
+
+class ShardedActs(Mapping):
+    """``hook name -> [rows, ...]`` over a store's shards, loaded on access.
+
+    Indexing a hook reads that hook's rows from every shard (memory-mapped) into
+    one tensor; :meth:`slice` reads a row range only.
+    """
+
+    def __init__(self, reader: ShardReader, hooks: list[str]):
+        self._reader = reader
+        self._hooks = list(hooks)
+
+    def __getitem__(self, hook: str) -> Tensor:
+        if hook not in self._hooks:
+            raise KeyError(hook)
+        return self._reader.column(f"act.{hook}")
+
+    def slice(self, hook: str, start: int, stop: int) -> Tensor:
+        if hook not in self._hooks:
+            raise KeyError(hook)
+        return self._reader.slice(f"act.{hook}", start, stop)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._hooks)
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+    def __contains__(self, hook: object) -> bool:
+        return hook in self._hooks
+
+    def __repr__(self) -> str:
+        return f"ShardedActs({self._hooks}, rows={self._reader.rows}, shards={len(self._reader.entries)})"
