@@ -77,7 +77,8 @@ class Induction(Task):
             tokens=tokens,
             mask=mask,
             labels={"in_repeat": in_repeat, "prev_token": prev},
-            label_mask={"in_repeat": mask, "prev_token": prev_mask},
+            # <bos> is the same in every sequence: no label there (as in the other tasks)
+            label_mask={"in_repeat": prev_mask, "prev_token": prev_mask.clone()},
         )
 
     def patching_pairs(self, n: int, seed: int) -> PatchingPairs:
