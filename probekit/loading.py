@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -136,6 +137,20 @@ def _hf_tokenizer(path: Path):
         raise ProbekitError(f"cannot load the tokenizer in {path}: {first}") from None
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No ``transformers`` progress bar on stderr while loading (library code does not print)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _has_lm_head(path: Path, hf_config: dict[str, Any]) -> bool:
     """Whether the checkpoint carries trained language-model-head weights (an encoder like MiniLM does not)."""
     archs = hf_config.get("architectures") or []
@@ -154,7 +169,8 @@ def _load_hf(path: Path, device: torch.device):
     hf_config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     tokenizer = _hf_tokenizer(path)
     try:
-        model = TransformerBridge.boot_transformers(str(path.resolve()), device=str(device), tokenizer=tokenizer)
+        with _quiet_transformers():
+            model = TransformerBridge.boot_transformers(str(path.resolve()), device=str(device), tokenizer=tokenizer)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ProbekitError(f"cannot load the Hugging Face checkpoint in {path}: {first}") from None
@@ -209,8 +225,10 @@ def _untrained_hf(model, source: dict[str, Any], device: torch.device, seed: int
     _offline()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0 if seed is None else seed)
-        copy = TransformerBridge.boot_transformers(source["path"], tokenizer=model.tokenizer, load_weights=False)
-    copy.to(device)
+        with _quiet_transformers():
+            copy = TransformerBridge.boot_transformers(source["path"], tokenizer=model.tokenizer, load_weights=False)
+    if device.type != "cpu":
+        copy.to(device)
     copy.eval()
     copy.probekit_source = {**source, "untrained": True}
     return copy
