@@ -12,6 +12,7 @@ from transformers import AutoModel, GPT2Config, GPT2LMHeadModel, PreTrainedToken
 import probekit as pk
 from probekit.errors import ProbekitError
 from probekit.loading import untrained_copy
+from probekit.runs import model_config_of
 
 TEXT = [
     "the cat sat on the mat and the dog sat on the log",
@@ -66,6 +67,8 @@ def test_gpt2_logits_equal_transformers(gpt2_dir):
     assert model.probekit_source["path"] == str(gpt2_dir.resolve())
     # the directory's own tokenizer is attached (not TransformerLens' substitute)
     assert model.to_str_tokens("the cat", prepend_bos=False) == hf_tokens(gpt2_dir, "the cat")
+    with pytest.raises(ProbekitError, match="in-house"):  # run directories are for in-house models
+        model_config_of(model)
 
 
 def hf_tokens(path, text):
