@@ -9,8 +9,13 @@ Example:
 from __future__ import annotations
 
 from circuits import targets
+from circuits.ablation import ablate, all_nodes
+from circuits.attribution import attribution_patch, correlation
+from circuits.lens import dla, logit_lens
+from circuits.paths import path_patch
 from circuits.patching import patch
 from circuits.result import PatchResult, bootstrap_ci
 from probekit import metrics
 
-__all__ = ["PatchResult", "bootstrap_ci", "metrics", "patch", "targets"]
+__all__ = ["PatchResult", "ablate", "all_nodes", "attribution_patch", "bootstrap_ci", "correlation", "dla",
+           "logit_lens", "metrics", "patch", "path_patch", "targets"]
