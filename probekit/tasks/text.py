@@ -270,6 +270,13 @@ class Text(Task):
 
     name = "text"
     description = "windows of local text files (default: the Python stdlib's source), byte-level BPE"
+    label_specs = (
+        LabelSpec(name="indent", kind="classification", description="indentation level of the token's line"),
+        LabelSpec(name="in_string", kind="classification", description="token is inside a string literal",
+                  classes=("no", "yes")),
+        LabelSpec(name="in_comment", kind="classification", description="token is inside a comment",
+                  classes=("no", "yes")),
+    )
     control_key = "token"
     default_model = {"n_layers": 2, "d_model": 128, "n_heads": 4, "n_ctx": 64}
     default_training = {"steps": 2000, "lr": 1e-3, "batch_size": 32, "weight_decay": 0.01}
@@ -302,11 +309,6 @@ class Text(Task):
         for split, docs in self._corpus.splits.items():
             if not any(d.stop - d.start >= seq_len - 1 for d in docs):
                 raise ProbekitError(f"no {split} file has {seq_len - 1} tokens; give more text or a shorter seq_len")
-        self.label_specs = (
-            LabelSpec(name="indent", kind="classification", description="indentation level of the token's line"),
-            LabelSpec(name="in_string", kind="classification", description="token is inside a string literal", classes=("no", "yes")),
-            LabelSpec(name="in_comment", kind="classification", description="token is inside a comment", classes=("no", "yes")),
-        )
 
     @staticmethod
     def _files(paths: list[str]) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -189,3 +190,38 @@ def test_too_short_files_are_an_error(tmp_path):
     (tmp_path / "b.py").write_text("y = 2\n")
     with pytest.raises(pk.ProbekitError, match="tokens"):
         Text(paths=[str(tmp_path)], vocab_size=300)
+
+
+def _ast_string_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of string and bytes literals (f-strings whole), from ``ast`` rather than ``tokenize``."""
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+
+    def char(lineno: int, col: int) -> int:  # ast columns count UTF-8 bytes
+        return starts[lineno - 1] + len(lines[lineno - 1].encode()[:col].decode())
+
+    return sorted((char(n.lineno, n.col_offset), char(n.end_lineno, n.end_col_offset))
+                  for n in ast.walk(ast.parse(text))
+                  if isinstance(n, ast.JoinedStr) or (isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes))))
+
+
+def test_in_string_agrees_with_the_ast(task):
+    b = task.batch(16, seed=5, split="test")
+    tok, checked = task.tokenizer(), 0
+    for i, (path, start) in enumerate(task.windows(16, seed=5, split="test")):
+        text = read_text(path)
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        spans = _ast_string_spans(text)
+        for p in range(task.n_ctx - 1):
+            s, e = offsets[start + p]
+            a = next((c for c in range(s, e) if not text[c].isspace()), None)
+            if a is None:  # whitespace between the parts of an implicitly concatenated literal is in its ast span
+                continue
+            in_ast = any(lo <= a < hi for lo, hi in spans)
+            got = int(b.labels["in_string"][i, p + 1])
+            # implicitly concatenated literals span the comments between their parts in the ast
+            assert got == in_ast or (in_ast and b.labels["in_comment"][i, p + 1] == 1), (path, a)
+            checked += got
+    assert checked > 0
