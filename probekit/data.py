@@ -260,8 +260,9 @@ class UserData(Task):
             if not ids:
                 raise ProbekitError(f"{self.path}:{ex.line}: the text has no tokens")
             T = len(ids)
-            anchors = [None if special[t] or offsets[t][0] >= offsets[t][1] else _anchor(ex.text, *offsets[t])
-                       for t in range(T)]
+            # each token is read at its first non-whitespace character; special tokens at none (-1)
+            anchor = np.array([-1 if special[t] or offsets[t][0] >= offsets[t][1] else _anchor(ex.text, *offsets[t])
+                               for t in range(T)], dtype=np.int64)
             for k, (level, spec) in schema.items():
                 vals = np.zeros(T, np.float64)
                 defined = np.zeros(T, bool)
@@ -271,13 +272,14 @@ class UserData(Task):
                         p = T - 1 if self.sequence_position == "last" else 0
                         vals[p], defined[p] = self._value(spec, v), True
                 else:
-                    for t, a in enumerate(anchors):
-                        if a is None:
-                            continue
-                        for start, end, v in ex.spans[k]:
-                            if start <= a < end and v is not None:
-                                vals[t], defined[t] = self._value(spec, v), True
-                                break
+                    spans = [(a, b, v) for a, b, v in ex.spans[k] if v is not None]
+                    if spans:
+                        starts = np.array([a for a, _, _ in spans])
+                        ends = np.array([b for _, b, _ in spans])
+                        hit = (starts <= anchor[:, None]) & (anchor[:, None] < ends) & (anchor[:, None] >= 0)
+                        defined = hit.any(1)
+                        values = np.array([self._value(spec, v) for _, _, v in spans])
+                        vals[defined] = values[hit.argmax(1)[defined]]  # the first span given that holds the token
                 self._labels[k].append(vals)
                 self._defined[k].append(defined)
             self._ids.append(list(ids))
