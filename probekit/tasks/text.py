@@ -195,7 +195,10 @@ class _Corpus:
         order = sorted(range(len(paths)), key=lambda i: (zlib.crc32(paths[i].name.encode()), names[i]))
         n_test = max(1, round(test_fraction * len(paths))) if len(paths) >= 2 else 0
         test_files = set(order[:n_test])
-        self.bpe = train_bpe([t for i, t in enumerate(self.texts) if i not in test_files], vocab_size)
+        train_texts = [t for i, t in enumerate(self.texts) if i not in test_files]
+        self.bpe = train_bpe(train_texts, vocab_size)
+        log.info("trained a byte-level BPE of %d tokens on %d files (%d characters)", self.bpe.get_vocab_size(),
+                 len(train_texts), sum(map(len, train_texts)))
         self.fast = wrap_bpe(self.bpe)
         decoder = _byte_decoder()
         vocab = self.bpe.get_vocab()
@@ -322,7 +325,7 @@ class Text(Task):
                 raise ProbekitError(f"text file not found: {p}")
         if not out:
             raise ProbekitError(f"no .py or .txt files in {paths}")
-        return out
+        return list(dict.fromkeys(p.resolve() for p in out))
 
     def params(self) -> dict:
         return {"paths": self.paths, "vocab_size": self.vocab_size, "seq_len": self.seq_len,
