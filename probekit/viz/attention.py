@@ -27,6 +27,8 @@ Visual grammar after circuitsvis' ``attention_heads`` and bertviz's model view
 from __future__ import annotations
 
 import logging
+import sys
+import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -177,7 +179,7 @@ def _window(T: int, max_tokens: int, window: tuple[int, int] | None) -> tuple[in
 
 
 def _pair_text(strs: list[str], positions: np.ndarray) -> list[list[str]]:
-    labels = token_labels([strs[p] for p in positions], max_len=24)
+    labels = token_labels([strs[p] for p in positions], max_len=32)
     return [[f"query {q} {labels[i]}<br>key {k} {labels[j]}" for j, k in enumerate(positions)]
             for i, q in enumerate(positions)]
 
@@ -283,7 +285,7 @@ def token_view(
         raise ProbekitError(f"per_row must be at least 1, got {per_row}")
     p = pats[example, 0, head]  # [q k]
     rows = int(np.ceil(T / per_row))
-    labels = token_labels(strs[example], max_len=12)
+    labels = token_labels(strs[example], max_len=32)
 
     def grid(values: np.ndarray) -> np.ndarray:
         g = np.full(rows * per_row, np.nan, dtype=np.float32)
@@ -418,5 +420,17 @@ def head_scores(
     )
     return fig
 
+
+class _CallableModule(types.ModuleType):
+    """This module shares its name with its main function: importing ``probekit.viz.attention``
+    sets the package attribute ``probekit.viz.attention`` to the module, shadowing the lazy
+    export of the function. Calling the module calls :func:`attention`, so
+    ``pk.viz.attention(model, tokens)`` works whatever was imported first."""
+
+    def __call__(self, *args, **kwargs) -> go.Figure:
+        return attention(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["attention", "head_detail", "head_scores", "token_view"]

@@ -31,10 +31,10 @@ def escape(s: object, max_len: int | None = None) -> str:
     if max_len is not None and len(s) > max_len:
         s = s[: max_len - 1] + "…"
     s = s.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
-    return html.escape(s, quote=True)
+    return html.escape(s, quote=False)  # Plotly decodes &amp; &lt; &gt;, not &quot;
 
 
-def token_labels(str_tokens: Sequence[str], max_len: int = 16) -> list[str]:
+def token_labels(str_tokens: Sequence[str], max_len: int = 32) -> list[str]:
     """Escaped tick labels for a token axis."""
     return [escape(t, max_len) for t in str_tokens]
 

@@ -378,7 +378,11 @@ async function main(){
   var post=__PK_POST__;
   for(var i=0;i<doc.figures.length;i++){
     var spec=revive(doc.figures[i],buf,shared),id="pk-fig-"+i,gd=document.getElementById(id);
-    await Plotly.newPlot(gd,spec.data,spec.layout,{responsive:true,displaylogo:false});
+    // an empty first plot sets up gd's event emitter, so plotly_afterplot of the real draw is seen
+    await Plotly.newPlot(gd,[],{},{responsive:true,displaylogo:false});
+    window.__pk_afterplot=window.__pk_afterplot||{};window.__pk_afterplot[id]=0;
+    (function(id){gd.on("plotly_afterplot",function(){window.__pk_afterplot[id]+=1;});})(id);
+    await Plotly.react(gd,spec.data,spec.layout,{responsive:true,displaylogo:false});
     if(spec.frames&&spec.frames.length)await Plotly.addFrames(gd,spec.frames);
     T["plot"+i]=performance.now();
     if(window.__pk_t_first_plot===undefined)window.__pk_t_first_plot=performance.now();
