@@ -100,7 +100,9 @@ class PatchResult:
         return patch_figure(values.detach().cpu().numpy(), axes=list(self.axes),
                             labels={k: list(v) for k, v in self.labels.items()}, title=ttl,
                             zmid=None if normalized else self.base,
-                            colorbar_title="normalized" if normalized else self.metric)
+                            colorbar_title="normalized" if normalized else self.metric,
+                            ci_low=None if normalized or self.ci_low is None else self.ci_low.cpu().numpy(),
+                            ci_high=None if normalized or self.ci_high is None else self.ci_high.cpu().numpy())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dictionary."""

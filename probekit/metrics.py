@@ -185,7 +185,8 @@ def make(
         return raw
     if clean_logits is None or corrupt_logits is None:
         raise ProbekitError("a normalized metric needs clean_logits and corrupt_logits")
-    clean_v, corrupt_v = raw(clean_logits), raw(corrupt_logits.detach())
+    # baselines are batch means, so the mean of per-example normalized values is the normalized mean
+    clean_v, corrupt_v = raw(clean_logits, "mean"), raw(corrupt_logits.detach(), "mean")
 
     def norm(logits: Tensor) -> Tensor:
         return normalize(raw(logits), clean_v, corrupt_v)
