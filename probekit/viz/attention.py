@@ -421,6 +421,54 @@ def head_scores(
     return fig
 
 
+def dashboard(
+    model,
+    tokens: Tokens,
+    *,
+    views: Sequence[str] = ("grid", "scores", "detail", "tokens"),
+    layer: int | None = None,
+    head: int | None = None,
+    scores: pk_heads.HeadScores | None = None,
+) -> list[go.Figure]:
+    """The figures of a dashboard page (for :func:`probekit.viz.write_html`), in order.
+
+    Args:
+        model: a ``TransformerBridge``.
+        tokens: the examples; the grid shows all of them, the other views the first.
+        views: names from :data:`VIEWS`.
+        layer: the head the detail and token views open on (default: the best induction head
+            on repeated random tokens, the head most worth a look).
+        head: see ``layer``.
+        scores: head scores for the score view (default: on :func:`probekit.heads.repeated_tokens`).
+    """
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        from probekit.errors import unknown
+
+        raise unknown("view", bad[0], VIEWS)
+    t = _tokens(model, tokens)
+    if scores is None and ("scores" in views or layer is None or head is None):
+        n_rep = max(1, min(20, (model.cfg.n_ctx - 1) // 2))
+        scores = pk_heads.head_scores(model, pk_heads.repeated_tokens(model, seq_len=n_rep, n=8))
+    if layer is None or head is None:
+        layer, head = scores.top("induction", 1)[0][:2]
+    figs = []
+    for v in views:
+        if v == "grid":
+            figs.append(attention(model, t))
+        elif v == "scores":
+            figs.append(head_scores(model, t[:1], scores=scores))
+        elif v == "detail":
+            figs.append(head_detail(model, t[:1], layer=layer, head=head))
+        else:
+            figs.append(token_view(model, t[:1], layer=layer, head=head))
+    return figs
+
+
+#: the dashboard views by name (CLI choices and test parametrization read this).
+VIEWS: dict[str, object] = {"grid": attention, "scores": head_scores, "detail": head_detail, "tokens": token_view}
+
+
 class _CallableModule(types.ModuleType):
     """This module shares its name with its main function: importing ``probekit.viz.attention``
     sets the package attribute ``probekit.viz.attention`` to the module, shadowing the lazy
@@ -433,4 +481,4 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["attention", "head_detail", "head_scores", "token_view"]
+__all__ = ["VIEWS", "attention", "dashboard", "head_detail", "head_scores", "token_view"]
