@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
                 raise ProbekitError("--text is empty")
             if getattr(m, "tokenizer", None) is None:
                 raise ProbekitError(f"{model} has no tokenizer, so --text cannot be tokenized; use --task")
-            tokens = m.to_tokens(text).cpu()
+            tokens = m.to_tokens(text, truncate=False).cpu()
             if tokens.shape[1] > m.cfg.n_ctx:
                 raise ProbekitError(f"--text is {tokens.shape[1]} tokens, longer than the model's context {m.cfg.n_ctx}")
         figs = dashboard(m, tokens, views=chosen, layer=layer, head=head)

@@ -55,7 +55,7 @@ def _tokens(model, tokens: Tokens) -> Tensor:
         if getattr(model, "tokenizer", None) is None:
             raise ProbekitError("text input needs a model with a tokenizer; pass token ids instead")
         texts = [tokens] if isinstance(tokens, str) else list(tokens)
-        rows = [model.to_tokens(t)[0] for t in texts]
+        rows = [model.to_tokens(t, truncate=False)[0] for t in texts]
         if len({len(r) for r in rows}) > 1:
             raise ProbekitError(f"texts tokenize to different lengths {[len(r) for r in rows]}; pass one text at a time")
         return torch.stack(rows).cpu()

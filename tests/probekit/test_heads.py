@@ -23,7 +23,9 @@ IND = (1, 2)  # planted induction head
 
 
 def planted_hooks(tokens: torch.Tensor) -> list:
-    """Hooks forcing ideal patterns: L0H1 attends to q-1, L1H2 to the token after q's earlier copy."""
+    """Hooks forcing ideal patterns: L0H1 attends to q-1, L1H2 to the token after q's earlier copy.
+
+    A forward pass on the first ``k`` rows of ``tokens`` gets those rows' patterns."""
     B, T = tokens.shape
 
     def prev(p, hook):
@@ -34,8 +36,9 @@ def planted_hooks(tokens: torch.Tensor) -> list:
         return p
 
     def ind(p, hook):
-        ideal = torch.zeros(B, T, T)
-        for b in range(B):
+        # a run on the first k sequences only (one prompt at a time, or a view of example 0)
+        ideal = torch.zeros(p.shape[0], T, T)
+        for b in range(p.shape[0]):
             for q in range(T):
                 ks = [k for k in range(1, q + 1) if tokens[b, k - 1] == tokens[b, q] and k - 1 < q]
                 ideal[b, q, ks[-1] if ks else 0] = 1
