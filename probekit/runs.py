@@ -10,7 +10,8 @@ A run directory holds
   task's vocabulary;
 - ``metrics.jsonl``: one line per training step (``step``, ``loss``, ``lr``,
   ``eval_loss`` where measured);
-- while training, ``checkpoint.safetensors`` (weights + optimizer state).
+- ``checkpoint.safetensors``: weights, optimizer state and step, written
+  every N steps and at the end, for ``resume``.
 
 Weights are read with safetensors only, never unpickled; every file is
 written to a temporary name and renamed into place.
@@ -45,6 +46,9 @@ RUN_FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
+#: weights + optimizer state + step, while (and after) training.
+CHECKPOINT = "checkpoint.safetensors"
+_CKPT_FORMAT = "probekit-checkpoint/1"
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,90 @@ def save_run(
     return out
 
 
+# ---- checkpoints: one safetensors file (tensors) with JSON metadata, written atomically ----
+
+
+def write_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     meta: dict[str, Any]) -> None:
+    """Write ``model``'s weights and ``optimizer``'s state to one safetensors file (tmp file, fsync, rename).
+
+    ``meta`` (JSON-serialisable, e.g. the step) is stored in the file's header.
+    """
+    path = Path(path)
+    tensors = {f"model/{k}": v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    state = optimizer.state_dict()
+    slots: dict[str, list[str]] = {}
+    for idx, per_param in state["state"].items():
+        slots[str(idx)] = []
+        for key, value in per_param.items():
+            value = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"optim/{idx}/{key}"] = value.detach().to("cpu").clone().contiguous()
+            slots[str(idx)].append(key)
+    header = {**meta, "format": _CKPT_FORMAT, "param_groups": state["param_groups"], "slots": slots}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"probekit": json.dumps(header)})
+    with open(tmp, "rb") as f:  # the bytes are on disk before the rename makes them the checkpoint
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of a checkpoint; a one-line error if it is corrupt or not a checkpoint."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("probekit")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ProbekitError(f"cannot read checkpoint {path}: {first}") from None
+    try:
+        meta = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        meta = {}
+    if not isinstance(meta, dict) or meta.get("format") != _CKPT_FORMAT:
+        raise ProbekitError(f"{path} is not a probekit checkpoint")
+    return tensors, meta
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights and optimizer state written by :func:`write_checkpoint`; returns its metadata."""
+    tensors, meta = read_checkpoint(path)
+    where = Path(path).parent
+    if meta.get("param_names") not in (None, [n for n, _ in model.named_parameters()]):
+        raise ProbekitError(f"cannot resume {where}: the model's parameters differ from the checkpoint's")
+    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(weights, strict=True)
+        state = {int(idx): {key: tensors[f"optim/{idx}/{key}"] for key in keys}
+                 for idx, keys in meta["slots"].items()}
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProbekitError(f"cannot resume {where}: the checkpoint does not fit the model ({first})") from None
+    return meta
+
+
+def truncate_metrics(path: str | Path, step: int) -> list[dict[str, float]]:
+    """Keep the ``metrics.jsonl`` rows up to ``step`` and return them.
+
+    A killed run may have logged past its last checkpoint, or died mid-line.
+    """
+    path = Path(path)
+    rows: list[dict[str, float]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                break
+            if row.get("step", step + 1) > step:
+                break
+            rows.append(row)
+    _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def is_run_dir(path: str | Path) -> bool:
     """Whether ``path`` holds a probekit run (a ``config.json`` in probekit's format)."""
     cfg = Path(path) / CONFIG
@@ -214,5 +302,5 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-__all__ = ["RunInfo", "is_run_dir", "model_config_of", "read_metrics", "read_run", "read_weights", "save_run",
-           "save_weights", "versions"]
+__all__ = ["CHECKPOINT", "RunInfo", "is_run_dir", "load_checkpoint", "model_config_of", "read_checkpoint", "read_metrics",
+           "read_run", "read_weights", "save_run", "save_weights", "truncate_metrics", "versions", "write_checkpoint"]

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,22 +32,18 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probekit import runs
 from probekit.errors import ProbekitError
+from probekit.runs import CHECKPOINT, METRICS, read_checkpoint
 from probekit.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
 
-#: checkpoint file inside a run directory (weights + optimizer state + step).
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.jsonl"
-_CKPT_FORMAT = "probekit-checkpoint/1"
 #: fields that may differ between an interrupted run and its resumption (they do not change the weights).
 _RESUME_FREE = ("checkpoint_every", "eval_every", "eval_batches")
 
@@ -273,47 +268,24 @@ def train(
     run_dir = Path(out) if out is not None else None
     start, history = 0, []
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (run_dir / CHECKPOINT).exists():
-            start = load_checkpoint(run_dir / CHECKPOINT, model, optimizer, config)
-            history = _truncate_metrics(run_dir / METRICS, start)
-            log.info("resuming %s from step %d", run_dir, start)
-        else:
-            if not resume and ((run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists()):
-                log.warning("overwriting the run in %s (pass resume=True to continue it)", run_dir)
-            for name in (CHECKPOINT, METRICS):
-                (run_dir / name).unlink(missing_ok=True)
-    if start > config.steps:
-        raise ProbekitError(f"the checkpoint in {run_dir} is at step {start}, past steps={config.steps}")
+        model_config = runs.model_config_of(model)  # fail now, not after training, if it cannot be saved
+        start, history = _open_run(run_dir, resume, model, optimizer, config)
 
     metrics_file = open(run_dir / METRICS, "a", encoding="utf-8") if run_dir is not None else None
     model.train()
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=f"train {task.name}", unit="step")
     try:
         for step in range(start, config.steps):
-            lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = task.batch(config.batch_size, seed=step_seed(config.seed, step), split="train")
-            loss = _forward_loss(model, task, batch.tokens, batch.mask, device, autocast)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-
+            row = _step(model, task, optimizer, config, step, device, autocast)
             done = step + 1
-            row: dict[str, float] = {"step": done, "loss": loss.item(), "lr": lr}
-            last = done == config.steps
-            if last or (config.eval_every is not None and done % config.eval_every == 0):
+            if done == config.steps or (config.eval_every is not None and done % config.eval_every == 0):
                 row["eval_loss"] = evaluate(model, task, config, device=device)
-                model.train()
             history.append(row)
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-                if last or (config.checkpoint_every is not None and done % config.checkpoint_every == 0):
-                    save_checkpoint(run_dir / CHECKPOINT, model, optimizer, done, config)
+                if done == config.steps or (config.checkpoint_every is not None and done % config.checkpoint_every == 0):
+                    _save_checkpoint(run_dir / CHECKPOINT, model, optimizer, done, config)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", refresh=False)
     finally:
@@ -322,113 +294,61 @@ def train(
             metrics_file.close()
         model.eval()
 
-    if history and "eval_loss" in history[-1]:
-        eval_loss = history[-1]["eval_loss"]
-    else:  # resumed a finished run (or steps already done)
-        eval_loss = evaluate(model, task, config, device=device)
-    final_loss = history[-1]["loss"] if history else float("nan")
     if run_dir is not None:
-        from probekit.runs import model_config_of, save_run
-
-        save_run(model, run_dir, model_config=model_config_of(model), task=task, train_config=config)
-    return TrainResult(final_loss=final_loss, eval_loss=eval_loss, steps=config.steps, history=history,
-                       out=run_dir)
+        runs.save_run(model, run_dir, model_config=model_config, task=task, train_config=config)
+    return TrainResult(final_loss=history[-1]["loss"], eval_loss=history[-1]["eval_loss"], steps=config.steps,
+                       history=history, out=run_dir)
 
 
-# ---- checkpoints: safetensors tensors + JSON metadata, written atomically ----
+def _step(model, task: Task, optimizer: torch.optim.Optimizer, config: TrainConfig, step: int,
+          device: torch.device, autocast: bool) -> dict[str, float]:
+    """One optimizer step (0-based ``step``); returns its metrics row."""
+    lr = lr_at(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    batch = task.batch(config.batch_size, seed=step_seed(config.seed, step), split="train")
+    loss = _forward_loss(model, task, batch.tokens, batch.mask, device, autocast)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return {"step": step + 1, "loss": loss.item(), "lr": lr}
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: TrainConfig) -> None:
-    """Write weights, optimizer state and step to one safetensors file (tmp file + rename)."""
-    tensors = {f"model/{k}": v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
-    state = optimizer.state_dict()
-    slots: dict[str, list[str]] = {}
-    for idx, s in state["state"].items():
-        slots[str(idx)] = []
-        for key, value in s.items():
-            if not isinstance(value, Tensor):
-                value = torch.tensor(value)
-            tensors[f"optim/{idx}/{key}"] = value.detach().to("cpu").clone().contiguous()
-            slots[str(idx)].append(key)
-    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-    meta = {
-        "format": _CKPT_FORMAT,
-        "step": step,
-        "train_config": config.to_dict(),
-        "param_names": [n for n, _ in model.named_parameters()],
-        "param_groups": groups,
-        "slots": slots,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"probekit": json.dumps(meta)})
-    with open(tmp, "rb") as f:  # the bytes are on disk before the rename makes them the checkpoint
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _open_run(run_dir: Path, resume: bool, model, optimizer: torch.optim.Optimizer,
+              config: TrainConfig) -> tuple[int, list[dict[str, float]]]:
+    """Prepare ``run_dir``: restore its checkpoint (``resume``) or clear it; returns (start step, history)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (run_dir / CHECKPOINT).exists():
+        start = _restore(run_dir / CHECKPOINT, model, optimizer, config)
+        log.info("resuming %s from step %d", run_dir, start)
+        return start, runs.truncate_metrics(run_dir / METRICS, start)
+    if resume:
+        log.warning("no checkpoint in %s to resume from; training from step 0", run_dir)
+    elif any((run_dir / f).exists() for f in (CHECKPOINT, METRICS, runs.CONFIG)):
+        log.warning("overwriting the run in %s (pass resume=True to continue it)", run_dir)
+    # config.json goes first: until the run finishes, the directory is not a loadable run
+    for name in (runs.CONFIG, runs.WEIGHTS, CHECKPOINT, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    return 0, []
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The tensors and metadata of a checkpoint; a clear error if it is corrupt or not a checkpoint."""
-    path = Path(path)
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("probekit")
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ProbekitError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else e}") from None
-    try:
-        meta = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        meta = {}
-    if meta.get("format") != _CKPT_FORMAT:
-        raise ProbekitError(f"{path} is not a probekit checkpoint")
-    return tensors, meta
+def _save_checkpoint(path: Path, model, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> None:
+    meta = {"step": step, "train_config": config.to_dict(), "param_names": [n for n, _ in model.named_parameters()]}
+    runs.write_checkpoint(path, model, optimizer, meta)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: TrainConfig) -> int:
-    """Restore weights and optimizer state from ``path``; returns the step it was written at."""
-    tensors, meta = read_checkpoint(path)
-    saved = TrainConfig.from_dict(meta["train_config"])
+def _restore(path: Path, model, optimizer: torch.optim.Optimizer, config: TrainConfig) -> int:
+    """Restore weights and optimizer state from checkpoint ``path``; returns the step it was written at."""
+    saved = TrainConfig.from_dict(runs.read_checkpoint(path)[1]["train_config"])
     diff = [f.name for f in dataclasses.fields(TrainConfig)
             if f.name not in _RESUME_FREE and getattr(saved, f.name) != getattr(config, f.name)]
     if diff:
         shown = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(config, n)!r}" for n in diff)
         raise ProbekitError(f"cannot resume {path.parent}: training settings differ from the checkpoint's ({shown})")
-    names = [n for n, _ in model.named_parameters()]
-    if names != meta["param_names"]:
-        raise ProbekitError(f"cannot resume {path.parent}: the model's parameters differ from the checkpoint's")
-    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise ProbekitError(f"cannot resume {path.parent}: {str(e).splitlines()[0]}") from None
-    state = {
-        int(idx): {key: tensors[f"optim/{idx}/{key}"] for key in keys}
-        for idx, keys in meta["slots"].items()
-    }
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    meta = runs.load_checkpoint(path, model, optimizer)
     return int(meta["step"])
 
 
-def _truncate_metrics(path: Path, step: int) -> list[dict[str, float]]:
-    """Keep the ``metrics.jsonl`` rows up to ``step`` (a killed run may have logged past its checkpoint)."""
-    rows: list[dict[str, float]] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the kill
-                break
-            if row.get("step", step + 1) > step:
-                break
-            rows.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
-    return rows
-
-
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "lr_at", "next_token_loss", "step_seed", "train"]
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "evaluate", "lr_at", "next_token_loss", "read_checkpoint", "step_seed", "train"]
