@@ -1,0 +1,153 @@
+"""circuits.patch equals TransformerLens' get_act_patch_* for every target, both directions, several models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+import circuits
+import probekit as pk
+from circuits import targets
+from probekit.errors import ProbekitError
+from tests.circuits.conftest import pairs_for
+
+
+def oracle(target: targets.Target):
+    """The TransformerLens function a target must equal."""
+    if target.name == "resid-post":
+        return lambda model, toks, cache, metric: tlp.generic_activation_patch(
+            model, toks, cache, metric, patch_setter=tlp.layer_pos_patch_setter, activation_name="resid_post",
+            index_axis_names=("layer", "pos"))
+    return getattr(tlp, target.oracle)
+
+
+def tl_patch(model, clean, corrupt, metric, target, direction):
+    base, src = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(src)
+    return oracle(targets.get(target))(model, base, cache, metric)
+
+
+def _metric(answers, wrong):
+    return pk.metrics.make("logit-diff", answers=answers, wrong=wrong)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+@pytest.mark.parametrize("target", targets.names())
+def test_equals_transformer_lens_with_mlps(tiny_model, target, direction):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model)
+    metric = _metric(answers, wrong)
+    ours = circuits.patch(tiny_model, clean, corrupt, metric, target=target, direction=direction, progress=False)
+    ref = tl_patch(tiny_model, clean, corrupt, metric, target, direction)
+    assert ours.values.shape == ref.shape
+    assert ours.axes == targets.get(target).axes
+    assert (ours.values - ref).abs().max() <= 1e-4
+    assert ours.extra["suffix_forward"]  # the fast path ran, not the fallback
+
+
+#: attention-only model: one target per patch setter (the MLP model above covers every target)
+ATTN_TARGETS = ["resid", "resid-post", "heads", "q-by-pos", "pattern-by-pos"]
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+@pytest.mark.parametrize("target", ATTN_TARGETS)
+def test_equals_transformer_lens_attention_only(tiny_attn_only, target, direction):
+    clean, corrupt, answers, wrong = pairs_for(tiny_attn_only, seed=1)
+    metric = _metric(answers, wrong)
+    ours = circuits.patch(tiny_attn_only, clean, corrupt, metric, target=target, direction=direction, progress=False)
+    ref = tl_patch(tiny_attn_only, clean, corrupt, metric, target, direction)
+    assert (ours.values - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+@pytest.mark.parametrize("target", ["resid", "heads-by-pos", "pattern"])
+def test_equals_transformer_lens_trained(trained_attn_only, target, direction):
+    task = pk.tasks.get("induction", pair_len=3)
+    p = task.patching_pairs(3, seed=0)
+    metric = _metric(p.answers, p.wrong)
+    ours = circuits.patch(trained_attn_only, p.clean, p.corrupt, metric, target=target, direction=direction,
+                          progress=False)
+    ref = tl_patch(trained_attn_only, p.clean, p.corrupt, metric, target, direction)
+    assert (ours.values - ref).abs().max() <= 1e-4
+    assert ours.values.std() > 0  # a real signal, not a constant
+
+
+def test_chunking_does_not_change_results(tiny_model):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model)
+    metric = _metric(answers, wrong)
+    big = circuits.patch(tiny_model, clean, corrupt, metric, target="heads-by-pos", progress=False)
+    small = circuits.patch(tiny_model, clean, corrupt, metric, target="heads-by-pos", progress=False, memory_mb=1e-4)
+    assert small.extra["copies_per_forward"] == 1 < big.extra["copies_per_forward"]
+    assert torch.allclose(big.values, small.values, atol=1e-5)
+
+
+def test_baselines_and_extremes(tiny_model):
+    """Patching the whole residual at layer 0 reproduces the source run; baselines are the two runs' metrics."""
+    clean, corrupt, answers, wrong = pairs_for(tiny_model)
+    metric = _metric(answers, wrong)
+    res = circuits.patch(tiny_model, clean, corrupt, metric, target="resid", progress=False)
+    with torch.no_grad():
+        assert res.clean == pytest.approx(float(metric(tiny_model(clean))), abs=1e-5)
+        assert res.corrupt == pytest.approx(float(metric(tiny_model(corrupt))), abs=1e-5)
+    # layer 0: positions where clean and corrupt agree change nothing; the first differing one does
+    assert torch.allclose(res.values[0, 2:], torch.full((2,), res.corrupt), atol=1e-5)
+    assert res.normalized()[0, : 2].shape == (2,)
+
+
+def test_per_example_and_intervals(tiny_model):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model, batch=5)
+    per = pk.metrics.make("logit-diff", answers=answers, wrong=wrong, reduce="none")
+    mean = _metric(answers, wrong)
+    res = circuits.patch(tiny_model, clean, corrupt, per, target="heads", per_example=True, progress=False)
+    ref = circuits.patch(tiny_model, clean, corrupt, mean, target="heads", progress=False)
+    assert res.per_example.shape == (2, 4, 5)
+    assert torch.allclose(res.values, ref.values, atol=1e-5)
+    assert (res.ci_low <= res.values + 1e-6).all() and (res.values <= res.ci_high + 1e-6).all()
+    assert (res.ci_high - res.ci_low > 0).any()
+
+
+def test_train_mode_is_restored(tiny_model):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model)
+    metric = _metric(answers, wrong)
+    ref = circuits.patch(tiny_model, clean, corrupt, metric, target="attn", progress=False)
+    tiny_model.train()
+    try:
+        res = circuits.patch(tiny_model, clean, corrupt, metric, target="attn", progress=False)
+        assert tiny_model.training
+    finally:
+        tiny_model.eval()
+    assert torch.equal(res.values, ref.values)
+
+
+def test_bad_input(tiny_model, tiny_attn_only):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model)
+    metric = _metric(answers, wrong)
+    with pytest.raises(ProbekitError, match="same shape"):
+        circuits.patch(tiny_model, clean, corrupt[:, :3], metric, progress=False)
+    with pytest.raises(ProbekitError, match="out of vocabulary"):
+        circuits.patch(tiny_model, clean, corrupt + 100, metric, progress=False)
+    with pytest.raises(ProbekitError, match="out of vocabulary"):
+        circuits.patch(tiny_model, clean, corrupt, _metric(answers + 100, wrong), progress=False)
+    with pytest.raises(ProbekitError, match="attention-only"):
+        circuits.patch(tiny_attn_only, clean, corrupt, metric, target="mlp", progress=False)
+    with pytest.raises(ProbekitError, match="did you mean"):
+        circuits.patch(tiny_model, clean, corrupt, metric, target="head", progress=False)
+    with pytest.raises(ProbekitError, match="direction"):
+        circuits.patch(tiny_model, clean, corrupt, metric, direction="backwards", progress=False)
+    with pytest.raises(ProbekitError, match="scalar"):
+        circuits.patch(tiny_model, clean, corrupt, lambda lg: lg[:, -1, 0], progress=False)
+
+
+def test_result_figure_and_dict(tiny_model):
+    import json
+
+    clean, corrupt, answers, wrong = pairs_for(tiny_model)
+    res = circuits.patch(tiny_model, clean, corrupt, _metric(answers, wrong), target="heads-by-pos", progress=False)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["shape"] == [2, 4, 4] and d["axes"] == ["layer", "pos", "head"]
+    fig = res.figure()
+    z = fig.data[0].z
+    # rows are (layer, head), columns positions: values transposed from TL's layer x pos x head
+    assert len(z) == 8 and len(z[0]) == 4
+    assert z[1][2] == pytest.approx(float(res.values[0, 2, 1]))
