@@ -67,14 +67,16 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         raise ProbekitError(f"data file not found: {path}")
     out: list[tuple[int, dict]] = []
     if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             if reader.fieldnames is None:
                 raise ProbekitError(f"{path}: no examples (empty file)")
             for row in reader:
-                out.append((reader.line_num, {k: _csv_value(v, path, reader.line_num) for k, v in row.items()}))
+                line = reader.line_num
+                out.append((line, {k: (v or None) if k == "text" else _csv_value(v, path, line, numbers=k != "words")
+                                   for k, v in row.items()}))
     else:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for i, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
@@ -90,8 +92,11 @@ def _records(path: Path) -> list[tuple[int, dict]]:
     return out
 
 
-def _csv_value(v: str | None, path: Path, line: int) -> Any:
-    """A CSV cell: JSON for lists and objects, numbers for numerals, None when empty."""
+def _csv_value(v: str | None, path: Path, line: int, numbers: bool = True) -> Any:
+    """A CSV cell: JSON for lists and objects, numbers for numerals, None when empty.
+
+    ``numbers=False`` (the ``words`` column) keeps numerals and non-JSON brackets as text.
+    """
     if v is None or v == "":
         return None
     s = v.strip()
@@ -99,8 +104,10 @@ def _csv_value(v: str | None, path: Path, line: int) -> Any:
         try:
             return json.loads(s)
         except json.JSONDecodeError as e:
+            if not numbers:  # words: a plain string that happens to start with a bracket
+                return v
             raise ProbekitError(f"{path}:{line}: bad JSON in a cell: {e.msg}") from None
-    if _NUMBER.fullmatch(s):
+    if numbers and _NUMBER.fullmatch(s):
         return float(s) if any(c in s for c in ".eE") else int(s)
     return v
 
@@ -129,6 +136,8 @@ def _parse(rec: dict, line: int, path: Path) -> _Example:
         raise ProbekitError(f"{where}: 'text' must be a non-empty string, got {text!r}")
     ex = _Example(line=line, text=text)
     words = rec.get("words")
+    if isinstance(words, str):  # e.g. a CSV cell: the words separated by whitespace
+        words = words.split()
     if words is not None and not isinstance(words, list):
         raise ProbekitError(f"{where}: 'words' must be a list of strings, got {type(words).__name__}")
     word_spans = None

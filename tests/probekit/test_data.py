@@ -226,6 +226,16 @@ def test_empty_and_missing_files(tmp_path, word_tok):
         UserData(tmp_path / "nope.jsonl", word_tok, sequence_position="middle")
 
 
+def test_csv_keeps_numeric_texts_and_reads_plain_word_cells(tmp_path, word_tok):
+    path = tmp_path / "d.csv"
+    path.write_text('\ufefftext,words,pos,y\n1984,1984,"[""NUM""]",3\n[the cat,[the cat,"[""DET"", ""NOUN""]",4.5\n')
+    data = load_data(path, word_tok)
+    assert data.texts == ["1984", "[the cat"]
+    assert data.label("y").kind == "regression" and data.label("pos").classes == ("DET", "NOUN", "NUM")
+    b = data.batch(2, 0)
+    assert b.label_mask["pos"].sum() == 3 and float(b.labels["y"][1, 2]) == 4.5
+
+
 def test_csv_errors_name_the_line(tmp_path, word_tok):
     path = tmp_path / "d.csv"
     path.write_text("text,label\nthe cat,pos\n,neg\n")
