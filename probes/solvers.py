@@ -44,37 +44,45 @@ class LinearFit:
 def _logistic_loss_grad(
     X: Float[Tensor, "layer n d_model"],
     Y: Tensor,
-    W: Float[Tensor, "layer group d_model out"],
+    W: Float[Tensor, "layer group out d_model"],
     b: Float[Tensor, "layer group out"],
     weights: Float[Tensor, "group n"],
     inv_Cn: Float[Tensor, "layer group"],
     mode: Mode,
     chunk: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Objective / (C n) and its gradient for every problem; rows in chunks to bound memory."""
+    """Objective / (C n) and its gradient for every problem; rows in chunks to bound memory.
+
+    Logits are laid out ``[layer, group, out, n]`` so the small class axis is
+    never the innermost one: reductions over it vectorise along the rows.
+    """
+    L, G, O, d = W.shape
     n_g = weights.sum(1).clamp_min(1.0)  # [G]
     loss = 0.5 * inv_Cn * (W * W).sum((2, 3))
     gW = W * inv_Cn[..., None, None]
     gb = torch.zeros_like(b)
+    Wf = W.reshape(L, G * O, d)
     for s in range(0, X.shape[1], chunk):
-        x = X[:, s : s + chunk]
-        w = weights[:, s : s + chunk] / n_g[:, None]  # [G, c]
-        z = torch.einsum("lnd,lgdo->lgno", x, W) + b[:, :, None, :]
+        x = X[:, s : s + chunk]  # [L, c, d]
+        c = x.shape[1]
+        w = (weights[:, s : s + chunk] / n_g[:, None])[None, :, None, :]  # [1, G, 1, c]
+        z = (Wf @ x.transpose(1, 2)).view(L, G, O, c) + b[..., None]
         if mode == "softmax":
-            y = Y[s : s + chunk]
-            lse = torch.logsumexp(z, -1)
-            picked = z.gather(-1, y.view(1, 1, -1, 1).expand(*z.shape[:2], -1, 1)).squeeze(-1)
-            loss = loss + ((lse - picked) * w).sum(-1)
-            r = torch.softmax(z, -1)
-            r.scatter_add_(-1, y.view(1, 1, -1, 1).expand(*z.shape[:2], -1, 1),
-                           torch.full((*z.shape[:3], 1), -1.0, dtype=z.dtype, device=z.device))
+            onehot = torch.zeros(O, c, dtype=z.dtype, device=z.device)
+            onehot[Y[s : s + chunk], torch.arange(c, device=z.device)] = 1.0
+            m = z.amax(2, keepdim=True)
+            e = (z - m).exp()
+            se = e.sum(2, keepdim=True)
+            lse = m + se.log()
+            loss = loss + ((lse[:, :, 0] - (z * onehot).sum(2)) * w[:, :, 0]).sum(-1)
+            r = e / se - onehot
         else:  # independent binary targets, Y [n, O] in {0, 1}
-            y = Y[s : s + chunk].to(z.dtype)
-            loss = loss + (torch.nn.functional.softplus(z) - y * z).mul(w[..., None]).sum((-1, -2))
+            y = Y[s : s + chunk].T.to(z.dtype)  # [O, c]
+            loss = loss + ((torch.nn.functional.softplus(z) - y * z) * w).sum((-1, -2))
             r = torch.sigmoid(z) - y
-        r = r * w[None, :, :, None]
-        gW = gW + torch.einsum("lnd,lgno->lgdo", x, r)
-        gb = gb + r.sum(2)
+        r = r * w
+        gW = gW + (r.reshape(L, G * O, c) @ x).view(L, G, O, d)
+        gb = gb + r.sum(-1)
     return loss, gW, gb
 
 
@@ -116,7 +124,7 @@ def fit_logistic(
     if weights is None:
         weights = torch.ones(G, n, device=dev, dtype=dt)
     inv_Cn = 1.0 / (C.to(dev, dt) * weights.sum(1).clamp_min(1.0)[None, :])
-    W = torch.zeros(L, G, d, n_out, device=dev, dtype=dt)
+    W = torch.zeros(L, G, n_out, d, device=dev, dtype=dt)
     b = torch.zeros(L, G, n_out, device=dev, dtype=dt)
 
     def f(W, b):
@@ -134,7 +142,7 @@ def fit_logistic(
     done = g.abs().amax(-1) <= tol
 
     def unflat(t):
-        return t[..., : d * n_out].reshape(L, G, d, n_out), t[..., d * n_out :]
+        return t[..., : d * n_out].reshape(L, G, n_out, d), t[..., d * n_out :]
 
     for it in range(max_iter):
         if bool(done.all()):
@@ -190,7 +198,7 @@ def fit_logistic(
         theta, loss, g = new_theta, new_loss, new_g
         done = done | stuck | (g.abs().amax(-1) <= tol) | (change & accepted)
     coef, intercept = unflat(theta)
-    return LinearFit(coef=coef.contiguous(), intercept=intercept.contiguous(), n_iter=n_iter)
+    return LinearFit(coef=coef.transpose(-1, -2).contiguous(), intercept=intercept.contiguous(), n_iter=n_iter)
 
 
 def ridge_stats(

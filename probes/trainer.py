@@ -181,6 +181,7 @@ class BatchedProbeTrainer:
         y: Tensor,
         *,
         cv_splits: list[tuple[np.ndarray, np.ndarray]] | None = None,
+        C: Tensor | None = None,
     ) -> BatchedFit:
         """Fit every layer's probe.
 
@@ -189,6 +190,8 @@ class BatchedProbeTrainer:
             y: ``[n]`` class labels (logistic) or ``[n]``/``[n, out]`` targets
                 (ridge; logistic with ``[n, out]`` 0/1 fits independent binary probes).
             cv_splits: explicit (train, test) index pairs instead of ``config.cv`` folds.
+            C: ``[layer]`` a fixed C per layer (e.g. the one a task probe chose, so a
+                control probe has the same complexity); overrides ``config.C``.
         """
         cfg = self.config
         dev, dt = torch.device(cfg.device), getattr(torch, cfg.dtype)
@@ -200,6 +203,12 @@ class BatchedProbeTrainer:
         mean, scale = standardizer(X) if cfg.standardize else (
             torch.zeros(X.shape[0], X.shape[2], device=dev, dtype=dt), torch.ones(X.shape[0], X.shape[2], device=dev, dtype=dt))
         Xs = (X - mean[:, None]) / scale[:, None]
+        if C is not None:
+            C = torch.as_tensor(C, dtype=torch.float64).reshape(-1)
+            if len(C) != X.shape[0]:
+                raise ProbekitError(f"C has {len(C)} values for {X.shape[0]} layers")
+            cfg = dataclasses.replace(cfg, C=float(C[0]))
+        self._layer_C = C
         Cs = (cfg.C,) if cfg.C is not None else tuple(cfg.Cs)
         classification = cfg.kind == "logistic"
         y_np = y.numpy() if y.ndim == 1 else np.zeros(len(y))
@@ -214,13 +223,12 @@ class BatchedProbeTrainer:
             masks[f] = 0
             masks[f, torch.as_tensor(tr, device=dev)] = 1
         fit_fn = self._fit_logistic if classification else self._fit_ridge
-        coef, icpt, Csel, cv_scores, n_iter, classes, mode = fit_fn(Xs, y, masks, Cs, splits, dev, dt)
+        coef, icpt, Csel, cv_scores, n_iter, classes, mode = fit_fn(Xs, y, masks, Cs, splits, dev, dt, cfg)
         return BatchedFit(coef=coef, intercept=icpt, mean=mean, scale=scale, C=Csel, classes=classes,
                           mode=mode, cv_scores=cv_scores, n_iter=n_iter)
 
     # -- logistic --------------------------------------------------------------
-    def _fit_logistic(self, Xs, y, masks, Cs, splits, dev, dt):
-        cfg = self.config
+    def _fit_logistic(self, Xs, y, masks, Cs, splits, dev, dt, cfg):
         L = Xs.shape[0]
         if y.is_floating_point() and not torch.all(y == y.round()):
             raise ProbekitError("logistic probes need class labels; use kind='ridge' for continuous targets")
@@ -235,7 +243,10 @@ class BatchedProbeTrainer:
             classes, mode, n_out = None, "sigmoid", y.shape[1]
             Yfit = y.to(dev).long()
         F, A = masks.shape[0] - 1, len(Cs)
-        C = torch.tensor(Cs, device=dev, dtype=dt).repeat(F + 1)[None].expand(L, -1)
+        if self._layer_C is not None:
+            C = self._layer_C.to(dev, dt)[:, None]
+        else:
+            C = torch.tensor(Cs, device=dev, dtype=dt).repeat(F + 1)[None].expand(L, -1)
         weights = masks.repeat_interleave(A, 0)  # group g = fold * A + c
         fit = fit_logistic(Xs, Yfit, C=C, weights=weights, mode=mode, n_out=n_out,
                            max_iter=cfg.max_iter, tol=cfg.tol)
@@ -243,7 +254,7 @@ class BatchedProbeTrainer:
         b = fit.intercept.view(L, F + 1, A, -1)
         n_iter = fit.n_iter.view(L, F + 1, A).amax((1, 2))
         if F == 0:
-            return W[:, 0, 0], b[:, 0, 0], torch.full((L, n_out), Cs[0]), None, n_iter, classes, mode
+            return W[:, 0, 0], b[:, 0, 0], C[:, :1].cpu().float().expand(L, n_out), None, n_iter, classes, mode
         scores = torch.zeros(L, A, n_out if mode == "sigmoid" else 1, device=dev, dtype=dt)
         for f, (_, te) in enumerate(splits):
             te = torch.as_tensor(te, device=dev)
@@ -266,13 +277,19 @@ class BatchedProbeTrainer:
         return coef, icpt, Csel, scores, n_iter, classes, mode
 
     # -- ridge -----------------------------------------------------------------
-    def _fit_ridge(self, Xs, y, masks, Cs, splits, dev, dt):
+    def _fit_ridge(self, Xs, y, masks, Cs, splits, dev, dt, cfg):
         Y = y.to(dev, dt).reshape(len(y), -1)
         L, O = Xs.shape[0], Y.shape[1]
-        alphas = 1.0 / torch.tensor(Cs, device=dev, dtype=dt)
         stats = ridge_stats(Xs, Y, masks)
-        coef, icpt = fit_ridge(stats, alphas)  # [L, G, A, d, O], [L, G, A, O]
         F = masks.shape[0] - 1
+        if self._layer_C is not None:  # one alpha per layer: solve all, keep the diagonal
+            Cl = self._layer_C.to(dev, dt)
+            coef, icpt = fit_ridge(stats, 1.0 / Cl)
+            idx = torch.arange(L, device=dev)
+            return (coef[idx, 0, idx], icpt[idx, 0, idx], Cl[:, None].cpu().float().expand(L, O), None, None, None,
+                    "ridge")
+        alphas = 1.0 / torch.tensor(Cs, device=dev, dtype=dt)
+        coef, icpt = fit_ridge(stats, alphas)  # [L, G, A, d, O], [L, G, A, O]
         if F == 0:
             return coef[:, 0, 0], icpt[:, 0, 0], torch.full((L, O), Cs[0]), None, None, None, "ridge"
         scores = torch.zeros(L, len(Cs), O, device=dev, dtype=dt)

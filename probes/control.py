@@ -1,0 +1,63 @@
+"""Control tasks and selectivity (Hewitt & Liang 2019).
+
+Hewitt & Liang, "Designing and Interpreting Probes with Control Tasks"
+(EMNLP 2019): a control task gives every value of a *control key* (the word
+type; here the token id, or the (token id, position) pair for tiny
+vocabularies) a fixed random label drawn from the real label distribution. A
+probe can only solve it by memorising types, so
+
+    selectivity = task accuracy - control accuracy
+
+says how much of the accuracy the representation, not the probe, supplies.
+For regression the scores are R².
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from probekit.errors import ProbekitError
+
+CONTROL_KEYS = ("token", "token_position")
+
+
+def control_keys(token: Int[Tensor, " n"], position: Int[Tensor, " n"], key: str) -> Int[Tensor, " n"]:
+    """One integer per row identifying its control-key value (``token`` or ``token_position``)."""
+    if key == "token":
+        return token.long()
+    if key == "token_position":
+        return token.long() * (int(position.max()) + 1) + position.long()
+    raise ProbekitError(f"control key must be one of {', '.join(CONTROL_KEYS)}, got {key!r}")
+
+
+def control_labels(keys: Int[Tensor, " n"], y: Tensor, *, seed: int = 0) -> Tensor:
+    """A fixed random label per key value, drawn from the empirical distribution of ``y``.
+
+    Args:
+        keys: ``[n]`` control-key id per row.
+        y: ``[n]`` real labels (class ids or regression values).
+        seed: the draw; the same seed gives the same control task.
+
+    Returns:
+        ``[n]`` control labels, equal for rows that share a key.
+
+    Example:
+        >>> keys = torch.tensor([3, 5, 3, 7]); y = torch.tensor([0, 1, 1, 0])
+        >>> c = control_labels(keys, y)
+        >>> bool(c[0] == c[2])
+        True
+    """
+    if len(keys) != len(y):
+        raise ProbekitError(f"control keys have {len(keys)} rows but labels have {len(y)}")
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    g = torch.Generator().manual_seed(seed)
+    # a random row per key: its label is a draw from the empirical label distribution
+    draw = torch.randint(0, len(y), (len(uniq),), generator=g)
+    return y[draw][inv]
+
+
+def selectivity(task_score: Tensor, control_score: Tensor) -> Tensor:
+    """Task score minus control score (Hewitt & Liang 2019)."""
+    return task_score - control_score
