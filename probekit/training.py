@@ -232,7 +232,7 @@ def train(
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
-):
+) -> TrainResult:
     """Train ``model`` on ``task``'s next-token prediction; leave it in eval mode.
 
     Args:
