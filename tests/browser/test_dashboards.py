@@ -88,9 +88,16 @@ def test_grid_renders_every_head_and_example(model, tokens, open_page, tmp_path)
         run.js(f"document.getElementById('pk-fig-0')._fullData[{L * H}].uid")
 
 
-def test_detail_hover_holds_tokens_and_weight(model, tokens, open_page, tmp_path):
-    fig = head_detail(model, tokens, layer=1, head=3, example=0)
-    run = open_page(write_html(fig, tmp_path / "detail.html"))
+@pytest.fixture(scope="module")
+def detail_page(model, tokens, tmp_path_factory):
+    """One page, two figures: L1H3 in detail and L0H1's token view (one plotly.js load for two tests)."""
+    path = tmp_path_factory.mktemp("detail") / "detail.html"
+    return write_html([head_detail(model, tokens, layer=1, head=3, example=0),
+                       token_view(model, tokens, layer=0, head=1)], path)
+
+
+def test_detail_hover_holds_tokens_and_weight(model, tokens, open_page, detail_page):
+    run = open_page(detail_page)
     run.assert_clean()
     strs = model.to_str_tokens(tokens[0])
     pats = attention_patterns(model, tokens).numpy()
@@ -112,9 +119,8 @@ def test_detail_hover_holds_tokens_and_weight(model, tokens, open_page, tmp_path
     assert "L0H2" in text and abs(weight_in(text) - pats[0, 0, 2, q, k]) <= TOL
 
 
-def test_injected_html_token_is_literal_text(model, tokens, open_page, tmp_path):
-    run = open_page(write_html([head_detail(model, tokens), token_view(model, tokens, layer=0, head=1)],
-                               tmp_path / "xss.html"))
+def test_injected_html_token_is_literal_text(model, tokens, open_page, detail_page):
+    run = open_page(detail_page)
     run.assert_clean()
     assert run.js("window.__xss === undefined")
     assert run.js("document.querySelectorAll('img, b').length") == 0
@@ -125,7 +131,7 @@ def test_injected_html_token_is_literal_text(model, tokens, open_page, tmp_path)
     cells = run.js("Array.from(document.querySelectorAll('#pk-fig-1 .textpoint, #pk-fig-1 text')).map(t => t.textContent)")
     assert "<img/src=x/onerror=alert(1)>" in cells
     # the raw file holds no unescaped token anywhere (all data is compressed base64)
-    raw = (tmp_path / "xss.html").read_text()
+    raw = detail_page.read_text()
     assert "onerror" not in raw and raw.count("<script") == 4
 
 
@@ -194,19 +200,3 @@ def test_long_input_stays_light(open_page, tmp_path):
     np.testing.assert_allclose(z, pooled, atol=1 / 254)
     np.testing.assert_allclose(z.sum(-1), 1, atol=0.05)
     assert run.js("document.getElementById('pk-fig-1').data[0].z.length") == 128  # the detail view's window
-
-
-def test_write_html_budget_and_plotly_bundle_once(tmp_path):
-    """12 layers × 12 heads × 64 tokens, one example: ≤ 2.5 MB, plotly.js embedded once."""
-    cfg = pk.ModelConfig(n_layers=12, d_model=48, n_heads=12, n_ctx=64, d_vocab=100, attn_only=True)
-    model = pk.build_model(cfg)
-    tokens = torch.randint(0, 100, (1, 64))
-    fig = attention(model, tokens)
-    assert len(fig.data) == 144
-    path = write_html(fig, tmp_path / "big.html")
-    raw = path.read_text()
-    assert path.stat().st_size <= 2.5e6, path.stat().st_size
-    assert raw.count('id="pk-plotly"') == 1
-    outside_data = re.sub(r'(<script type="application/octet-stream"[^>]*>)[^<]*', r"\1", raw)
-    assert len(outside_data) < 20_000  # everything big is base64 data
-    assert not re.search(r"https?:|src=|<link|@import", outside_data)
