@@ -281,7 +281,7 @@ def write_html(
     figs = _figures(fig_or_figs)
     if title is None:
         t = figs[0].layout.title.text if figs[0].layout.title else None
-        title = _strip_tags(t) if t else "probekit"
+        title = html.unescape(_strip_tags(t)) if t else "probekit"  # figure titles are Plotly's escaped HTML
     payload, buffer = encode_figures(figs, precision)
     heights = [int(f.layout.height) if f.layout.height else 600 for f in figs]
     divs = "\n".join(
@@ -365,7 +365,7 @@ function fail(e){window.__pk_error=String(e&&e.stack||e);console.error(e);
   var d=document.createElement("pre");d.textContent="probekit: could not draw this page: "+e;document.body.appendChild(d);}
 async function main(){
   if(typeof DecompressionStream==="undefined")throw new Error("this browser lacks DecompressionStream (Chrome 80+, Firefox 113+, Safari 16.4+)");
-  var T=window.__pk_times={start:performance.now()};
+  var T=window.__pk_times={start:performance.now()};  // stage timings, read by benchmarks/bench_dashboard.py
   var js=new TextDecoder().decode(await inflate(document.getElementById("pk-plotly").textContent.trim()));
   T.inflated_js=performance.now();
   var s=document.createElement("script");s.textContent=js;document.head.appendChild(s);

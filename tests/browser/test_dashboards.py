@@ -61,9 +61,12 @@ def weight_in(text: str) -> float:
 
 
 def test_grid_renders_every_head_and_example(model, tokens, open_page, tmp_path):
-    path = write_html(attention(model, tokens), tmp_path / "grid.html")
+    path = write_html(attention(model, tokens), tmp_path / "grid.html",
+                      post_script="document.getElementById('{plot_id}').dataset.post = 'ran';")
     run = open_page(path)
     run.assert_clean()
+    assert run.js("document.getElementById('pk-fig-0').dataset.post") == "ran"
+    assert run.js("document.title") == f"attention patterns, 2 layers × 4 heads, {tokens.shape[1]} tokens"
     assert run.js("window.__pk_afterplot['pk-fig-0']") >= 1
     L, H, B = model.cfg.n_layers, model.cfg.n_heads, tokens.shape[0]
     info = run.js("""() => { const gd = document.getElementById('pk-fig-0');
