@@ -13,12 +13,13 @@ Example:
     True
 """
 
-from probes.control import control_keys, control_labels, selectivity
-from probes.erasure import (ErasureResult, InterventionResult, add_direction, amnesic_check, fit_eraser,
+from probes.control import control_keys, control_labels, majority_rate, selectivity
+from probes.erasure import (ErasureResult, InterventionResult, add_direction, amnesic_check, eraser_rank, fit_eraser,
                             leace_check, leace_hook, project_out)
 from probes.io import load, save
 from probes.linear import LinearProbe
 from probes.mdl import BLOCKS, MDLResult, online_code
+from probes.single import train_probe
 from probes.stats import bootstrap_ci
 from probes.sweep import SweepResult, demo_section, sweep, untrained_copy
 from probes.trainer import KINDS, BatchedFit, BatchedProbeTrainer, ProbeConfig
@@ -26,6 +27,6 @@ from probes.trainer import KINDS, BatchedFit, BatchedProbeTrainer, ProbeConfig
 __all__ = [
     "BLOCKS", "KINDS", "BatchedFit", "BatchedProbeTrainer", "ErasureResult", "InterventionResult", "LinearProbe",
     "MDLResult", "ProbeConfig", "SweepResult", "add_direction", "amnesic_check", "bootstrap_ci", "control_keys",
-    "control_labels", "demo_section", "fit_eraser", "leace_check", "leace_hook", "load", "online_code",
-    "project_out", "save", "selectivity", "sweep", "untrained_copy",
+    "control_labels", "demo_section", "eraser_rank", "fit_eraser", "majority_rate", "leace_check", "leace_hook", "load", "online_code",
+    "project_out", "save", "selectivity", "sweep", "train_probe", "untrained_copy",
 ]

@@ -58,6 +58,12 @@ def control_labels(keys: Int[Tensor, " n"], y: Tensor, *, seed: int = 0) -> Tens
     return y[draw][inv]
 
 
+def majority_rate(y_train: Tensor, y_test: Tensor) -> float:
+    """Test accuracy of always predicting the training set's most frequent class (the chance line)."""
+    vals, counts = torch.unique(y_train, return_counts=True)
+    return float((y_test == vals[counts.argmax()]).float().mean())
+
+
 def selectivity(task_score: Tensor, control_score: Tensor) -> Tensor:
     """Task score minus control score (Hewitt & Liang 2019)."""
     return task_score - control_score

@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from probekit.errors import ProbekitError
+from probes.control import majority_rate
 from probes.trainer import BatchedProbeTrainer, ProbeConfig, encode
 
 
@@ -38,13 +39,18 @@ def fit_eraser(X: Float[Tensor, "n d_model"], y: Tensor, *, kind: str = "logisti
     return LeaceEraser.fit(X, z)
 
 
+def eraser_rank(eraser: LeaceEraser) -> int:
+    """Number of directions a LEACE eraser removes (at most classes - 1)."""
+    return int(torch.linalg.matrix_rank(eraser.proj_left @ eraser.proj_right))
+
+
 @dataclass(frozen=True)
 class ErasureResult:
     """A fresh probe before and after LEACE, per layer.
 
     Attributes:
         before, after: ``[layer]`` held-out accuracy (R² for ridge).
-        chance: majority-class rate of the test labels (0 for R²).
+        chance: test accuracy of predicting the training majority class (0 for R²).
         rank: ``[layer]`` rank of the erased subspace.
     """
 
@@ -79,13 +85,9 @@ def leace_check(
         eraser = fit_eraser(X_train[layer], y_train, kind=config.kind)
         erased_tr.append(eraser(X_train[layer].double()).float())
         erased_te.append(eraser(X_test[layer].double()).float())
-        ranks.append(eraser.proj_left.shape[1])
+        ranks.append(eraser_rank(eraser))
     after = trainer.fit(torch.stack(erased_tr), y_train, C=C).score(torch.stack(erased_te), y_test).cpu()
-    if config.kind == "logistic":
-        counts = torch.unique(y_test, return_counts=True)[1]
-        chance = float(counts.max() / counts.sum())
-    else:
-        chance = 0.0
+    chance = majority_rate(y_train, y_test) if config.kind == "logistic" else 0.0
     return ErasureResult(before=before, after=after, chance=chance, rank=torch.tensor(ranks))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from probekit.errors import ProbekitError
-from probes.control import control_keys, control_labels
+from probes.control import control_keys, control_labels, majority_rate
 from probes.io import save
 from probes.linear import LinearProbe
 from probes.sweep import _split, store_fingerprint
@@ -71,8 +71,7 @@ def train_probe(
     metric = "accuracy" if kind == "logistic" else "r2"
     metrics: dict[str, Any] = {"layer": ref.label or ref.name, metric: probe.score(X[test], y[test])}
     if kind == "logistic":
-        ytest = y[test]
-        metrics["majority"] = float(np.bincount(np.searchsorted(probe.classes_, ytest)).max() / len(ytest))
+        metrics["majority"] = majority_rate(torch.as_tensor(y[~test]), torch.as_tensor(y[test]))
     if control:
         keys = control_keys(store.token[rows], store.position[rows], store.manifest.get("control_key", "token"))
         yc = control_labels(keys, torch.as_tensor(y), seed=seed).numpy()

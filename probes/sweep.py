@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.errors import ProbekitError
-from probes.control import control_keys, control_labels, selectivity
-from probes.erasure import InterventionResult, amnesic_check, fit_eraser, leace_check, leace_hook
+from probes.control import control_keys, control_labels, majority_rate, selectivity
+from probes.erasure import InterventionResult, amnesic_check, eraser_rank, fit_eraser, leace_check, leace_hook
 from probes.mdl import online_code
 from probes.stats import bootstrap_ci
 from probes.trainer import BatchedProbeTrainer, ProbeConfig, check_stack, encode
@@ -43,7 +43,7 @@ class SweepResult:
         label: the probed label; kind: ``logistic`` or ``ridge``; metric: ``accuracy`` or ``r2``.
         layers: layer labels (``embed``, ``L0`` …); hooks: their TransformerLens names.
         score, ci_low, ci_high: held-out score and its bootstrap interval.
-        chance: majority-class rate of the test rows (0 for R²).
+        chance: test accuracy of always predicting the training majority class (0 for R²).
         control_score, selectivity: control task (``None`` when off).
         mdl_bits, compression, uniform_bits: online code (classification; ``None`` when off).
         untrained_score: the same probes on an untrained copy of the model (``None`` when unavailable).
@@ -202,8 +202,7 @@ def sweep(
                               groups=store.example_id[rows][te])
     else:
         lo, hi = score, score
-    counts = torch.unique(y[te], return_counts=True)[1]
-    chance = float(counts.max() / counts.sum()) if metric == "accuracy" else 0.0
+    chance = majority_rate(y[tr], y[te]) if metric == "accuracy" else 0.0
     fp = store_fingerprint(store)
     res = SweepResult(label=label, kind=config.kind, metric=metric, layers=[r.label or s for r, s in zip(refs, layers)],
                       hooks=[r.name for r in refs], score=score.tolist(), ci_low=lo.tolist(), ci_high=hi.tolist(),
@@ -323,7 +322,7 @@ def _amnesic(store, model, res: SweepResult, X, tr, y, seed) -> dict:
     i = res.layers.index(res.best_layer())
     eraser = fit_eraser(X[i, tr], y[tr])
     _, batch = _task_batch_tokens(store, n=min(32, store.manifest.get("n", 32)))
-    rank = int(eraser.proj_left.shape[1])
+    rank = eraser_rank(eraser)
     out: InterventionResult = amnesic_check(model, batch.tokens, res.hooks[i], leace_hook(eraser), rank=rank,
                                             center=X[i, tr].mean(0), mask=batch.mask, seed=seed)
     return out.to_dict() | {"layer": res.layers[i]}

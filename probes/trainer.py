@@ -235,7 +235,7 @@ class BatchedProbeTrainer:
         if y.ndim == 1:
             classes = np.unique(y.numpy())
             if len(classes) < 2:
-                raise ProbekitError(f"the label has a single class ({classes.tolist()}); a probe needs at least two")
+                raise ProbekitError(f"the label has one class ({classes.tolist()}); a probe needs at least two")
             Y = encode(y, classes).to(dev)
             mode, n_out = ("sigmoid", 1) if len(classes) == 2 else ("softmax", len(classes))
             Yfit = Y[:, None] if mode == "sigmoid" else Y

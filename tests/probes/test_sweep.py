@@ -1,0 +1,73 @@
+"""Layer sweeps on a real (tiny) model: every check on, JSON round trip, figure, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+import probekit as pk
+import probes
+from probekit.activations import ActivationStore
+
+
+@pytest.fixture(scope="module")
+def parens_store(tiny_model):
+    return pk.cache_activations(tiny_model, pk.tasks.get("parens"), n=12)
+
+
+def test_sweep_with_every_check(parens_store, tiny_model):
+    cfg = probes.ProbeConfig(Cs=(0.1, 1.0), cv=2)
+    res = probes.sweep(parens_store, "top", model=tiny_model, config=cfg, n_boot=200)
+    L = len(parens_store.layers())
+    assert res.layers == ["embed", "L0", "L1"] and res.hooks[0] == "blocks.0.hook_resid_pre"
+    for name in ("score", "ci_low", "ci_high", "control_score", "selectivity", "mdl_bits", "compression",
+                 "untrained_score", "erased_score", "C"):
+        assert len(getattr(res, name)) == L, name
+    assert all(lo <= s <= hi for lo, s, hi in zip(res.ci_low, res.score, res.ci_high))
+    torch.testing.assert_close(torch.tensor(res.selectivity), torch.tensor(res.score) - torch.tensor(res.control_score))
+    assert res.embed_score == res.score[0]
+    # LEACE: a fresh probe is at the majority rate within a point
+    assert all(abs(e - res.chance) <= 0.01 for e in res.erased_score)
+    (iv,) = res.interventions
+    assert iv["layer"] == res.best_layer() and len(iv["kl_random"]) == 5
+    again = probes.SweepResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again == res
+    fig = res.figure()
+    assert isinstance(fig, go.Figure) and [t.name for t in fig.data][:2] == ["accuracy", "control task"]
+    assert "| layer |" in res.table()
+
+
+def test_sweep_matches_single_layer_probe(parens_store):
+    cfg = probes.ProbeConfig(C=1.0)
+    res = probes.sweep(parens_store, "depth", config=cfg, control=False, mdl=False, erasure=False, n_boot=10)
+    probe, metrics = probes.train_probe(parens_store, "L1", "depth", C=1.0, control=False)
+    assert abs(res.score[2] - metrics["accuracy"]) <= 0.005
+
+
+def _store(n=60, nan_row=None, const=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    if nan_row is not None:
+        x[nan_row, 2] = float("inf")
+    y = torch.zeros(n, dtype=torch.long) if const else (x[:, 0] > 0).long()
+    return ActivationStore(acts={"blocks.0.hook_resid_pre": x, "blocks.0.hook_resid_post": x.clone()},
+                           example_id=torch.arange(n) // 6, position=torch.arange(n) % 6, token=torch.arange(n) % 5,
+                           labels={"y": y}, label_kinds={"y": "classification"},
+                           manifest={"n_layers": 1, "control_key": "token"})
+
+
+def test_bad_inputs_are_one_line_errors():
+    with pytest.raises(pk.ProbekitError, match="unknown label 'z'"):
+        probes.sweep(_store(), "z")
+    with pytest.raises(pk.ProbekitError, match="one class"):
+        probes.sweep(_store(const=True), "y")
+    with pytest.raises(pk.ProbekitError, match="NaN/inf.*row 13"):
+        probes.sweep(_store(nan_row=13), "y")
+    with pytest.raises(pk.ProbekitError, match="out of range"):
+        probes.train_probe(_store(), "L4", "y")
+    with pytest.raises(pk.ProbekitError, match="rows"):
+        ActivationStore(acts={"blocks.0.hook_resid_pre": torch.zeros(5, 2)}, example_id=torch.arange(6),
+                        position=torch.arange(6), token=torch.arange(6))

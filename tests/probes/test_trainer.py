@@ -1,0 +1,97 @@
+"""The batched trainer equals scikit-learn fitted layer by layer (and target by target)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from probekit.errors import ProbekitError
+from probes import BatchedProbeTrainer, ProbeConfig
+
+
+def _stack(L=3, n=800, d=16, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(L, n, d, generator=g) * torch.rand(L, 1, d, generator=g) * 3
+    w = torch.randn(d, k, generator=g)
+    # layer l carries the label with decreasing noise
+    noise = torch.tensor([4.0, 1.5, 0.5])[:L]
+    logits = (X[-1] / X[-1].std(0)) @ w
+    y = (logits + noise[0] * torch.randn(n, k, generator=g)).argmax(1)
+    return X, y
+
+
+def _sk_layer(X, y, tr, te, **kw):
+    sc = StandardScaler().fit(X[tr])
+    return sc, kw
+
+
+def test_fixed_C_per_layer_matches_logistic_regression():
+    X, y = _stack()
+    tr, te = np.arange(600), np.arange(600, 800)
+    fit = BatchedProbeTrainer(C=0.5, max_iter=500).fit(X[:, tr], y[tr])
+    ours = fit.score(X[:, te], y[te])
+    for layer in range(X.shape[0]):
+        sc = StandardScaler().fit(X[layer, tr].numpy())
+        ref = LogisticRegression(C=0.5, max_iter=500).fit(sc.transform(X[layer, tr].numpy()), y[tr].numpy())
+        assert abs(float(ours[layer]) - ref.score(sc.transform(X[layer, te].numpy()), y[te].numpy())) <= 0.005
+
+
+def test_cv_per_layer_matches_logistic_regression_cv():
+    X, y = _stack(seed=1)
+    tr, te = np.arange(600), np.arange(600, 800)
+    Cs = (0.01, 0.1, 1.0)
+    fit = BatchedProbeTrainer(Cs=Cs, cv=3, max_iter=500).fit(X[:, tr], y[tr])
+    ours = fit.score(X[:, te], y[te])
+    for layer in range(X.shape[0]):
+        sc = StandardScaler().fit(X[layer, tr].numpy())
+        ref = LogisticRegressionCV(Cs=list(Cs), cv=StratifiedKFold(3), scoring="accuracy", l1_ratios=(0.0,),
+                                   use_legacy_attributes=False, max_iter=500)
+        ref.fit(sc.transform(X[layer, tr].numpy()), y[tr].numpy())
+        assert float(fit.C[layer, 0]) == pytest.approx(ref.C_)
+        assert abs(float(ours[layer]) - ref.score(sc.transform(X[layer, te].numpy()), y[te].numpy())) <= 0.005
+
+
+def test_multi_target_binary_probes_match_per_target_fits():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(2, 500, 10, generator=g)
+    W = torch.randn(10, 5, generator=g)
+    Y = ((X[1] @ W + torch.randn(500, 5, generator=g)) > 0).long()  # 5 binary targets (e.g. grid cells)
+    fit = BatchedProbeTrainer(C=1.0, max_iter=500).fit(X, Y)
+    acc = fit.score(X, Y)  # [layer, target]
+    assert acc.shape == (2, 5)
+    for t in range(5):
+        sc = StandardScaler().fit(X[1].numpy())
+        ref = LogisticRegression(C=1.0, max_iter=500).fit(sc.transform(X[1].numpy()), Y[:, t].numpy())
+        assert abs(float(acc[1, t]) - ref.score(sc.transform(X[1].numpy()), Y[:, t].numpy())) <= 0.005
+        np.testing.assert_allclose(fit.coef[1, :, t].numpy(), ref.coef_[0], atol=5e-3)
+
+
+def test_ridge_per_layer_and_target_matches_sklearn():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(3, 400, 12, generator=g, dtype=torch.float64)
+    Y = X[2] @ torch.randn(12, 4, generator=g, dtype=torch.float64) + torch.randn(400, 4, generator=g, dtype=torch.float64)
+    fit = BatchedProbeTrainer(kind="ridge", C=0.1, dtype="float64").fit(X, Y)
+    for layer in range(3):
+        sc = StandardScaler().fit(X[layer].numpy())
+        ref = Ridge(alpha=10.0).fit(sc.transform(X[layer].numpy()), Y.numpy())
+        pred = fit.decision(X)[layer]
+        np.testing.assert_allclose(pred.numpy(), ref.predict(sc.transform(X[layer].numpy())), atol=1e-8)
+
+
+def test_bad_inputs():
+    X, y = _stack(n=100)
+    trainer = BatchedProbeTrainer(C=1.0)
+    with pytest.raises(ProbekitError, match="rows"):
+        trainer.fit(X, y[:50])
+    X_bad = X.clone()
+    X_bad[1, 7, 3] = float("nan")
+    with pytest.raises(ProbekitError, match="NaN/inf.*row 7"):
+        trainer.fit(X_bad, y)
+    with pytest.raises(ProbekitError, match="one class"):
+        trainer.fit(X, torch.zeros(100, dtype=torch.long))
+    with pytest.raises(ProbekitError, match="kind"):
+        ProbeConfig(kind="svm")
