@@ -38,6 +38,7 @@ from jaxtyping import Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+import probekit as pk
 from probekit import heads as pk_heads
 from probekit.errors import ProbekitError
 from probekit.viz.basic import ATTENTION_COLORS, escape, token_axis, token_labels
@@ -126,6 +127,11 @@ def attention(
         A figure with one heatmap per head and example (``layer × head × examples`` traces,
         meta ``probekit.grid = [layers, heads, examples]``); hover shows layer, head, query and
         key positions and the weight.
+
+    Example:
+        >>> model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=20))
+        >>> len(attention(model, torch.randint(0, 20, (2, 10))).data)  # 2 examples × 2 layers × 4 heads
+        16
     """
     t, pats, strs = _data(model, tokens, layers)
     B, L, H, T, _ = pats.shape
@@ -212,6 +218,11 @@ def head_detail(
     Returns:
         A figure with one heatmap; hover shows ``query POS TOKEN``, ``key POS TOKEN`` and the
         weight; the dropdown (``updatemenus[0]``, labels ``L{l}H{h}``) switches heads.
+
+    Example:
+        >>> model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=20))
+        >>> head_detail(model, torch.randint(0, 20, (1, 10)), layer=1, head=2).data[0].z.shape
+        (10, 10)
     """
     t, pats, strs = _data(model, tokens)
     B, L, H, T, _ = pats.shape
@@ -277,6 +288,11 @@ def token_view(
     Returns:
         A figure: the text as a grid of cells (``per_row`` per line) coloured by weight, the
         query outlined; the slider (``sliders[0]``, one step per query position) picks the query.
+
+    Example:
+        >>> model = pk.build_model(pk.ModelConfig(n_layers=1, d_model=32, n_heads=4, d_vocab=20))
+        >>> len(token_view(model, torch.randint(0, 20, (1, 10)), head=3).layout.sliders[0].steps)
+        10
     """
     t, pats, strs = _data(model, tokens, layers=[_check_index("layer", layer, model.cfg.n_layers)])
     B, _, H, T, _ = pats.shape
@@ -356,6 +372,12 @@ def head_scores(
         A figure with three score heatmaps (``customdata`` ``L{l}H{h}``), one outline
         scatter per kind (``name`` ``marked <kind>``, points at (head, layer)), and the
         pattern heatmap (last trace; ``updatemenus[0]`` switches heads).
+
+    Example:
+        >>> model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=20))
+        >>> fig = head_scores(model)  # scores and pattern on [BOS] A A repeated random tokens
+        >>> [t.name for t in fig.data][:2]
+        ['previous_token', 'marked previous_token']
     """
     if tokens is None:
         seq_len = max(1, min(seq_len, (model.cfg.n_ctx - 1) // 2))
