@@ -31,7 +31,7 @@ from transformer_lens.model_bridge.exceptions import StopAtLayerException
 from probekit.activations import disk
 from probekit.activations.sinks import Columns, MemorySink, ShardSink, row_bytes
 from probekit.activations.store import ActivationStore
-from probekit.errors import ProbekitError
+from probekit.errors import ProbekitError, closest
 from probekit.hooks import BLOCK_KINDS, HOOK_KINDS, hook_name, residual_layers, resolve
 from probekit.model import fingerprint
 from probekit.tasks import Task
@@ -77,7 +77,17 @@ def expand_hooks(hooks: list[str] | str, n_layers: int, valid: set[str] | None =
         elif h in HOOK_KINDS:
             out += [hook_name(i, h) for i in range(n_layers)]
         else:
-            out.append(resolve(h, n_layers, hook="resid_post", valid=valid).name)
+            try:
+                out.append(resolve(h, n_layers, hook="resid_post", valid=valid).name)
+            except ProbekitError as e:
+                if "unknown hook name" not in str(e) and "cannot read layer" not in str(e):
+                    raise
+                near = closest(h, [*HOOK_KINDS, *(valid or ())])
+                hint = f"; did you mean {', '.join(repr(v) for v in near)}?" if near else ""
+                raise ProbekitError(
+                    f"unknown hook {h!r}{hint} (valid: the kinds {', '.join(HOOK_KINDS)}; embed, L<layer>, "
+                    "L<layer>H<head>; or a TransformerLens hook name of the model)"
+                ) from None
     if not out:
         raise ProbekitError(f"no hooks to cache; give kinds such as {', '.join(BLOCK_KINDS)}")
     return list(dict.fromkeys(out))
@@ -230,8 +240,8 @@ def cache_activations(
         memory_budget: bytes (or ``"256MB"``) the activation buffers of an
             on-disk store may take, default 256 MiB; shards are flushed when
             a buffer is full.
-        overwrite: replace a store at ``out`` made from another model or data
-            (otherwise that is an error).
+        overwrite: discard any store at ``out`` and cache from scratch
+            (without it, a store there from another model or data is an error).
         dtype: store activations in this dtype (default: as the model computes them).
         shard_rows: at most this many rows per shard (default: as the budget allows).
 
@@ -260,6 +270,9 @@ def cache_activations(
     tokens, mask = batch.tokens.to("cpu"), batch.mask.to("cpu").bool()
     if tokens.shape[0] != n or mask.shape != tokens.shape:
         raise ProbekitError(f"task {task.name!r} gave tokens {list(tokens.shape)} and mask {list(mask.shape)} for n={n}")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and tokens.shape[1] > n_ctx:
+        raise ProbekitError(f"sequences of {tokens.shape[1]} tokens are longer than the model's context ({n_ctx})")
     keep = select_positions(mask, positions)
     labels, label_mask, kinds = _labels(task, batch, tokens.shape)
     attn_all = bool(mask.all())
@@ -367,7 +380,8 @@ def _resolve_n(task: Task, n: int | None) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ProbekitError(f"n must be a positive number of sequences, got {n!r}")
     if available is not None and n > available:
-        raise ProbekitError(f"n={n} is more than the {available} examples of {task.name!r}; use n=None for all")
+        log.info("%s has %d examples; caching all of them (asked for %d)", task.name, available, n)
+        return int(available)
     return n
 
 
@@ -480,7 +494,7 @@ def _prepare_dir(root: Path, manifest: dict[str, Any], overwrite: bool) -> tuple
                 f"the store at {root} was made from a different {' and '.join(differ)}; "
                 "pass overwrite=True (--overwrite) to replace it, or choose another directory"
             )
-        if not differ:
+        if not differ and not overwrite:
             if existing.get("complete"):
                 return None
             _verify_shards(root, existing)
@@ -490,7 +504,7 @@ def _prepare_dir(root: Path, manifest: dict[str, Any], overwrite: bool) -> tuple
             resumed = {**manifest, "shards": existing["shards"]}
             disk.write_manifest(root, resumed)
             return resumed, done
-        log.warning("overwriting the store at %s (different %s)", root, ", ".join(differ))
+        log.warning("overwriting the store at %s%s", root, f" (different {', '.join(differ)})" if differ else "")
     _clean(root, keep=set())
     disk.write_manifest(root, manifest)
     return manifest, 0

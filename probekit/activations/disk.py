@@ -14,8 +14,9 @@ A store directory holds
 Every file is written to a temporary name, fsynced and renamed into place; the
 manifest is rewritten the same way after each shard, so a killed writer leaves
 complete shards, possibly a stray temporary file, and a manifest that lists
-only complete shards. Shards are read with safetensors' ``safe_open`` (memory
-mapped), never unpickled, after their checksum is verified.
+only complete shards. Opening a store verifies every shard (checksum,
+safetensors' own ``safe_open``, columns against the manifest) without loading
+it; reads then copy only the requested rows. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -154,7 +155,15 @@ def dtype_of(name: str) -> torch.dtype:
 
 
 class ShardReader:
-    """Verified, memory-mapped read access to the shards of a store.
+    """Verified, lazy read access to the shards of a store.
+
+    Opening checks each shard (present, sha256 as in the manifest, a valid
+    safetensors file per ``safe_open``, the columns, shapes and dtypes the
+    manifest describes) and keeps only the byte offsets of its columns. Reads
+    copy exactly the requested rows from the files with positioned reads, so
+    iterating over a store larger than memory keeps the process's memory flat:
+    nothing is mapped into it (a memory map would be, with the kernel's
+    read-ahead pulling whole shards in on the first touch).
 
     Args:
         root: the store directory.
@@ -169,59 +178,96 @@ class ShardReader:
         self.offsets = [0]
         for e in self.entries:
             self.offsets.append(self.offsets[-1] + int(e["rows"]))
-        self._handles = [self._open(e, verify) for e in self.entries]
+        #: per shard: column -> absolute byte offset of its first row
+        self._starts = [self._open(e, verify) for e in self.entries]
+        #: per shard: (inode, size, mtime) when opened, so that a replaced file is noticed
+        self._stats = [_identity(self.root / e["file"]) for e in self.entries]
 
-    def _open(self, entry: dict[str, Any], verify: bool):
-        path = self.root / entry["file"]
+    def _open(self, entry: dict[str, Any], verify: bool) -> dict[str, int]:
+        name = entry["file"]
+        path = self.root / name
+        where = f"shard {name} of the store at {self.root}"
         if not path.is_file():
-            raise ProbekitError(f"shard {entry['file']} of the store at {self.root} is missing")
+            raise ProbekitError(f"{where} is missing")
         if verify and sha256_file(path) != entry["sha256"]:
-            raise ProbekitError(
-                f"shard {entry['file']} of the store at {self.root} is corrupt or was replaced: "
-                "its sha256 does not match the manifest"
-            )
+            raise ProbekitError(f"{where} is corrupt or was replaced: its sha256 does not match the manifest")
         try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-            keys = set(handle.keys())
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ProbekitError(f"shard {entry['file']} of the store at {self.root} is unreadable: {e}") from None
-        rows = int(entry["rows"])
+            with safe_open(str(path), framework="pt", device="cpu") as handle:  # validates the format
+                keys = set(handle.keys())
+            header, data_start = _header(path)
+        except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as e:
+            raise ProbekitError(f"{where} is unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if keys != set(self.columns):
-            raise ProbekitError(
-                f"shard {entry['file']} of the store at {self.root} does not match the manifest: "
-                f"columns {sorted(keys ^ set(self.columns))} differ"
-            )
+            raise ProbekitError(f"{where} does not match the manifest: columns {sorted(keys ^ set(self.columns))} differ")
+        rows, starts = int(entry["rows"]), {}
         for key, (shape, dtype) in self.columns.items():
-            sl = handle.get_slice(key)
-            got_shape, got_dtype = list(sl.get_shape()), sl.get_dtype()
-            if got_shape != [rows, *shape] or _ST_DTYPES.get(got_dtype) != dtype:
+            info = header[key]
+            got_shape, got_dtype = list(info["shape"]), _ST_DTYPES.get(info["dtype"])
+            if got_shape != [rows, *shape] or got_dtype != dtype:
                 raise ProbekitError(
-                    f"shard {entry['file']} of the store at {self.root} does not match the manifest: column {key!r} "
-                    f"is {got_dtype}{got_shape}, expected {dtype_name(dtype)}{[rows, *shape]}"
+                    f"{where} does not match the manifest: column {key!r} is {info['dtype']}{got_shape}, "
+                    f"expected {dtype_name(dtype)}{[rows, *shape]}"
                 )
-        return handle
+            starts[key] = data_start + int(info["data_offsets"][0])
+        return starts
 
     @property
     def rows(self) -> int:
         return self.offsets[-1]
 
     def column(self, key: str) -> Tensor:
-        """All rows of one column, concatenated across shards (a copy in memory)."""
+        """All rows of one column, from every shard."""
         return self.slice(key, 0, self.rows)
 
     def slice(self, key: str, start: int, stop: int) -> Tensor:
-        """Rows ``start:stop`` of one column, reading only the shards that hold them."""
-        parts = []
-        for i, h in enumerate(self._handles):
+        """Rows ``start:stop`` of one column, read from the shards that hold them into one new tensor."""
+        shape, dtype = self.columns[key]
+        start, stop = max(start, 0), min(stop, self.rows)
+        n = max(stop - start, 0)
+        row_nbytes = torch.empty((1, *shape), dtype=dtype).nbytes
+        raw = torch.empty(n * row_nbytes, dtype=torch.uint8)
+        buf = memoryview(raw.numpy())
+        filled = 0
+        for i, starts in enumerate(self._starts):
             lo, hi = self.offsets[i], self.offsets[i + 1]
             if hi <= start or lo >= stop:
                 continue
             a, b = max(start, lo) - lo, min(stop, hi) - lo
-            parts.append(h.get_slice(key)[a:b])
-        if not parts:
-            shape, dtype = self.columns[key]
-            return torch.empty((0, *shape), dtype=dtype)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            size = (b - a) * row_nbytes
+            path = self.root / self.entries[i]["file"]
+            if _identity(path) != self._stats[i]:
+                raise ProbekitError(f"shard {path.name} of the store at {self.root} changed since the store was "
+                                    "opened; open it again")
+            _read_into(path, starts[key] + a * row_nbytes, buf[filled : filled + size])
+            filled += size
+        return raw.view(dtype).reshape(n, *shape)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's header and the byte offset its data starts at."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return header, 8 + n
+
+
+def _read_into(path: Path, offset: int, out: memoryview) -> None:
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        done = 0
+        while done < len(out):
+            got = f.readinto(out[done:])
+            if not got:
+                raise ProbekitError(f"{path} ended early: the file was truncated after the store was opened")
+            done += got
 
 
 # safetensors' dtype codes
@@ -244,8 +290,8 @@ def expected_columns(manifest: dict[str, Any]) -> dict[str, tuple[list[int], tor
 class ShardedActs(Mapping):
     """``hook name -> [rows, ...]`` over a store's shards, loaded on access.
 
-    Indexing a hook reads that hook's rows from every shard (memory-mapped) into
-    one tensor; :meth:`slice` reads a row range only.
+    Indexing a hook reads that hook's rows from every shard into one tensor;
+    :meth:`slice` reads a row range only.
     """
 
     def __init__(self, reader: ShardReader, hooks: list[str]):

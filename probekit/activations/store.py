@@ -78,8 +78,8 @@ class ActivationStore:
     def open(cls, path: str | Path, *, verify: bool = True, allow_partial: bool = False) -> ActivationStore:
         """Open an on-disk store written by ``cache_activations(..., out=path)``.
 
-        Activations stay in the memory-mapped shards until read; the row
-        index and labels are loaded. Every shard's sha256 is checked against
+        Activations stay in the shards until read (``acts[hook]``,
+        :meth:`rows`, :meth:`iter_batches`); the row index and labels are loaded. Every shard's sha256 is checked against
         the manifest, and its columns, shapes and dtypes against the manifest's
         description, so a corrupt, truncated or foreign shard is refused with
         an error naming it.
