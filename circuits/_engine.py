@@ -94,9 +94,16 @@ class Engine:
     memory_mb: float = 512.0
 
     def __post_init__(self) -> None:
-        self.suffix_ok = self._check_suffix()
-        if not self.suffix_ok:
-            log.info("running blocks on their own does not reproduce this model; using full hooked forwards")
+        self._suffix_ok: bool | None = None
+
+    @property
+    def suffix_ok(self) -> bool:
+        """Whether running the bridge's blocks on their own reproduces the model (checked once, on first use)."""
+        if self._suffix_ok is None:
+            self._suffix_ok = self._check_suffix()
+            if not self._suffix_ok:
+                log.info("running blocks on their own does not reproduce this model; using full hooked forwards")
+        return self._suffix_ok
 
     # --- cost model ---------------------------------------------------------
     def copies_per_chunk(self) -> int:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from circuits import targets as _targets
 from circuits._engine import Engine, check_tokens, chunks, eval_mode
+from circuits._fast import POINTS, FastSuffix
 from circuits.result import PatchResult, bootstrap_ci
 from probekit.errors import ProbekitError, unknown
 
@@ -127,6 +128,7 @@ def patch(
     n_boot: int = 1000,
     memory_mb: float = 512.0,
     progress: bool = True,
+    fast_path: bool = True,
 ) -> PatchResult:
     """Patch every index of ``target`` in turn and evaluate ``metric``; batched, equal to TransformerLens.
 
@@ -142,6 +144,8 @@ def patch(
         n_boot: bootstrap resamples for the intervals.
         memory_mb: activation budget of one stacked forward (sets how many patches share a forward).
         progress: show a progress bar.
+        fast_path: for by-position targets on native models, recompute only the positions from
+            the patch on (see :mod:`circuits._fast`); ``False`` forces the hooked engine.
 
     Returns:
         A :class:`PatchResult` whose ``values`` have the shape of the target's TransformerLens oracle.
@@ -166,7 +170,14 @@ def patch(
         K = engine.copies_per_chunk()
         indices = list(itertools.product(*(range(n) for n in rest_sizes)))
         bar = tqdm(total=n_layers * len(indices), desc=f"patch {t.name}", disable=not progress)
+        fast = None
+        if t.setter in ("pos", "pos_head") and t.kind in POINTS and fast_path:
+            fast = FastSuffix(model, engine.resid, base_logits)
+            fast = fast if fast.ok else None
         for L in range(n_layers):
+            if fast is not None:
+                _fast_layer(fast, t, L, src_cache[t.hook_name(L)], indices, K, store, ev, bar)
+                continue
             src_act = src_cache[t.hook_name(L)]
             for chunk in chunks(indices, K):
                 def edit(view: Tensor, chunk=chunk, src_act=src_act) -> None:
@@ -187,8 +198,40 @@ def patch(
         values=values, axes=t.axes, labels=axis_labels(model, clean, t.axes, tuple(values.shape)),
         target=t.name, direction=direction, metric=getattr(metric, "__name__", "metric"),
         clean=float(clean_v.mean()), corrupt=float(corrupt_v.mean()), per_example=pe, ci_low=lo, ci_high=hi,
-        method="exact", extra={"suffix_forward": engine.suffix_ok, "copies_per_forward": K},
+        method="exact", extra={"suffix_forward": engine._suffix_ok, "copies_per_forward": K,
+                               "position_skipping": fast is not None},
     )
+
+
+#: merge patches at neighbouring positions into one forward until it has this many rows (amortizes overhead)
+ROWS_PER_FORWARD = 2048
+
+
+def _fast_layer(fast: FastSuffix, t: _targets.Target, L: int, src_act: Tensor, indices: list, K: int,
+                store: Tensor, ev, bar) -> None:
+    """All patches of layer ``L`` through the fast path, grouped by position (indices are sorted by position)."""
+    B, T = src_act.shape[:2]
+    groups: list[list[tuple[int, ...]]] = []
+    cur: list[tuple[int, ...]] = []
+    for idx in indices:
+        if cur and (len(cur) >= K or (idx[0] != cur[-1][0] and len(cur) * B * (T - cur[0][0]) >= ROWS_PER_FORWARD)):
+            groups.append(cur)
+            cur = []
+        cur.append(idx)
+    if cur:
+        groups.append(cur)
+    for group in groups:
+        p0 = group[0][0]
+        src = src_act[:, p0:]
+
+        def edit(view: Tensor, group=group, src=src, p0=p0) -> None:
+            for k, idx in enumerate(group):
+                _targets.apply(t.setter, view[k], src, (idx[0] - p0, *idx[1:]))
+
+        logits = fast.run(L, p0, len(group), t.kind, edit)
+        for k, idx in enumerate(group):
+            store[(L, *idx)] = ev(logits[k]).cpu()
+        bar.update(len(group))
 
 
 def _rest_sizes(t: _targets.Target, act0: Tensor, T: int) -> tuple[int, ...]:

@@ -43,7 +43,8 @@ def test_equals_transformer_lens_with_mlps(tiny_model, target, direction):
     assert ours.values.shape == ref.shape
     assert ours.axes == targets.get(target).axes
     assert (ours.values - ref).abs().max() <= 1e-4
-    assert ours.extra["suffix_forward"]  # the fast path ran, not the fallback
+    # one of the fast paths ran, not the full-forward fallback
+    assert ours.extra["position_skipping"] or ours.extra["suffix_forward"]
 
 
 #: attention-only model: one target per patch setter (the MLP model above covers every target)
@@ -73,11 +74,22 @@ def test_equals_transformer_lens_trained(trained_attn_only, target, direction):
     assert ours.values.std() > 0  # a real signal, not a constant
 
 
+@pytest.mark.parametrize("target", ["resid", "resid-mid", "heads-by-pos", "mlp"])
+def test_position_skipping_equals_hooked_engine(tiny_model, target):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model, batch=3, pos=7)
+    metric = _metric(answers, wrong)
+    fast = circuits.patch(tiny_model, clean, corrupt, metric, target=target, progress=False)
+    slow = circuits.patch(tiny_model, clean, corrupt, metric, target=target, progress=False, fast_path=False)
+    assert fast.extra["position_skipping"] and not slow.extra["position_skipping"]
+    assert (fast.values - slow.values).abs().max() <= 1e-5
+
+
 def test_chunking_does_not_change_results(tiny_model):
     clean, corrupt, answers, wrong = pairs_for(tiny_model)
     metric = _metric(answers, wrong)
     big = circuits.patch(tiny_model, clean, corrupt, metric, target="heads-by-pos", progress=False)
-    small = circuits.patch(tiny_model, clean, corrupt, metric, target="heads-by-pos", progress=False, memory_mb=1e-4)
+    small = circuits.patch(tiny_model, clean, corrupt, metric, target="heads-by-pos", progress=False, memory_mb=1e-4,
+                           fast_path=False)
     assert small.extra["copies_per_forward"] == 1 < big.extra["copies_per_forward"]
     assert torch.allclose(big.values, small.values, atol=1e-5)
 
