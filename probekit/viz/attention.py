@@ -460,7 +460,7 @@ def dashboard(
         tokens: the examples; the grid shows all of them, the other views the first.
         views: names from :data:`VIEWS`.
         layer: the head the detail and token views open on (default: the best induction head
-            on repeated random tokens, the head most worth a look).
+            on repeated random tokens, or if none scores 0.1, the best head of any kind).
         head: see ``layer``.
         scores: head scores for the score view (default: on :func:`probekit.heads.repeated_tokens`).
     """
@@ -474,7 +474,11 @@ def dashboard(
         n_rep = max(1, min(20, (model.cfg.n_ctx - 1) // 2))
         scores = pk_heads.head_scores(model, pk_heads.repeated_tokens(model, seq_len=n_rep, n=8))
     if layer is None or head is None:
-        layer, head = scores.top("induction", 1)[0][:2]
+        # the best induction head; where there is none worth a look (an encoder), the best head of any kind
+        best = scores.top("induction", 1)[0]
+        if best[2] < 0.1:
+            best = max((scores.top(k, 1)[0] for k in pk_heads.SCORE_KINDS), key=lambda x: x[2])
+        layer, head = best[:2]
     figs = []
     for v in views:
         if v == "grid":
