@@ -210,10 +210,39 @@ def ridge_stats(
     n_g = weights.sum(1)  # [G]
     sx = torch.einsum("gn,lnd->lgd", weights, X)
     sy = weights @ Y  # [G, O]
-    xtx = torch.einsum("lnd,gn,lne->lgde", X, weights, X)
-    xty = torch.einsum("lnd,gn,no->lgdo", X, weights, Y)
+    Xt = X.transpose(1, 2)  # [L, d, n]
+    xtx = torch.stack([(Xt * w) @ X for w in weights], 1)  # one [L, d, d] product per group
+    xty = torch.stack([(Xt * w) @ Y for w in weights], 1)
     yty = weights @ (Y * Y)
     return n_g, sx, sy, xtx, xty, yty
+
+
+def _centred(stats):
+    n_g, sx, sy, xtx, xty, _ = stats
+    n = n_g.clamp_min(1.0)[None, :, None]
+    mx = sx / n  # [L, G, d]
+    my = sy / n_g.clamp_min(1.0)[:, None]  # [G, O]
+    xtx_c = xtx - n[..., None] * mx[..., :, None] * mx[..., None, :]
+    xty_c = xty - n[..., None] * mx[..., :, None] * my[None, :, None, :]
+    return mx, my, xtx_c, xty_c
+
+
+def fit_ridge_fixed(
+    stats: tuple[Tensor, ...],
+    alpha: Float[Tensor, " layer"],
+) -> tuple[Float[Tensor, "layer group d_model out"], Float[Tensor, "layer group out"]]:
+    """Ridge weights with one ``alpha`` per layer: a Cholesky solve, no eigendecomposition."""
+    mx, my, xtx_c, xty_c = _centred(stats)
+    d = xtx_c.shape[-1]
+    eye = torch.eye(d, dtype=xtx_c.dtype, device=xtx_c.device)
+    A = xtx_c + alpha[:, None, None, None] * eye
+    chol, info = torch.linalg.cholesky_ex(A)
+    if bool((info == 0).all()):
+        coef = torch.cholesky_solve(xty_c, chol)
+    else:  # alpha = 0 on rank-deficient data: least squares
+        coef = torch.linalg.lstsq(A, xty_c).solution
+    intercept = my[None, :, :] - torch.einsum("lgd,lgdo->lgo", mx, coef)
+    return coef, intercept
 
 
 def fit_ridge(
@@ -226,12 +255,7 @@ def fit_ridge(
     ``Ridge`` with an unpenalised intercept): centre, eigendecompose the
     centred ``X^T X`` once, then each ``alpha`` costs a diagonal rescale.
     """
-    n_g, sx, sy, xtx, xty, _ = stats
-    n = n_g.clamp_min(1.0)[None, :, None]
-    mx = sx / n  # [L, G, d]
-    my = sy / n_g.clamp_min(1.0)[:, None]  # [G, O]
-    xtx_c = xtx - n[..., None] * mx[..., :, None] * mx[..., None, :]
-    xty_c = xty - n[..., None] * mx[..., :, None] * my[None, :, None, :]
+    mx, my, xtx_c, xty_c = _centred(stats)
     evals, V = torch.linalg.eigh(xtx_c)  # [L, G, d], [L, G, d, d]
     proj = V.transpose(-1, -2) @ xty_c  # [L, G, d, O]
     scale = 1.0 / (evals[:, :, None, :] + alphas[None, None, :, None])  # [L, G, A, d]

@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from probekit.errors import ProbekitError
-from probes.solvers import fit_logistic, fit_ridge, ridge_stats
+from probes.solvers import fit_logistic, fit_ridge, fit_ridge_fixed, ridge_stats
 
 log = logging.getLogger(__name__)
 
@@ -282,16 +282,12 @@ class BatchedProbeTrainer:
         L, O = Xs.shape[0], Y.shape[1]
         stats = ridge_stats(Xs, Y, masks)
         F = masks.shape[0] - 1
-        if self._layer_C is not None:  # one alpha per layer: solve all, keep the diagonal
-            Cl = self._layer_C.to(dev, dt)
-            coef, icpt = fit_ridge(stats, 1.0 / Cl)
-            idx = torch.arange(L, device=dev)
-            return (coef[idx, 0, idx], icpt[idx, 0, idx], Cl[:, None].cpu().float().expand(L, O), None, None, None,
-                    "ridge")
+        if F == 0:  # one alpha per layer: a direct solve
+            Cl = self._layer_C.to(dev, dt) if self._layer_C is not None else torch.full((L,), Cs[0], device=dev, dtype=dt)
+            coef, icpt = fit_ridge_fixed(stats, 1.0 / Cl)
+            return coef[:, 0], icpt[:, 0], Cl[:, None].cpu().float().expand(L, O), None, None, None, "ridge"
         alphas = 1.0 / torch.tensor(Cs, device=dev, dtype=dt)
         coef, icpt = fit_ridge(stats, alphas)  # [L, G, A, d, O], [L, G, A, O]
-        if F == 0:
-            return coef[:, 0, 0], icpt[:, 0, 0], torch.full((L, O), Cs[0]), None, None, None, "ridge"
         scores = torch.zeros(L, len(Cs), O, device=dev, dtype=dt)
         for f, (_, te) in enumerate(splits):
             te = torch.as_tensor(te, device=dev)
