@@ -198,6 +198,8 @@ def sweep(
     y_te = encode(y[te], fit.classes) if fit.classes is not None else y[te].float()
     if ci:
         pred = fit.predict_index(X[:, te]).cpu()
+        if pred.ndim == 3:  # one regression target: [layer, n, 1]
+            pred = pred[..., 0]
         lo, hi = bootstrap_ci(pred.float(), y_te.float(), metric=metric, n_boot=n_boot, seed=seed,
                               groups=store.example_id[rows][te])
     else:
@@ -340,6 +342,11 @@ def demo_section(store, label: str, model=None, **kwargs):
     Returns:
         ``(SweepResult, plotly Figure)``.
     """
-    res = sweep(store, label, model=model, n_boot=kwargs.pop("n_boot", 300), **kwargs)
+    kwargs.setdefault("n_boot", 300)
+    kwargs.setdefault("config", None)
+    if kwargs["config"] is None:  # a small grid keeps the demo to seconds
+        kind = "logistic" if store.label_kinds.get(label, "classification") == "classification" else "ridge"
+        kwargs["config"] = ProbeConfig(kind=kind, Cs=(0.1, 1.0), cv=2)
+    res = sweep(store, label, model=model, **kwargs)
     return res, res.figure()
 

@@ -19,7 +19,7 @@ def parens_store(tiny_model):
 
 
 def test_sweep_with_every_check(parens_store, tiny_model):
-    cfg = probes.ProbeConfig(Cs=(0.1, 1.0), cv=2)
+    cfg = probes.ProbeConfig(C=1.0)  # cross-validation is checked against scikit-learn elsewhere
     res = probes.sweep(parens_store, "top", model=tiny_model, config=cfg, n_boot=200)
     L = len(parens_store.layers())
     assert res.layers == ["embed", "L0", "L1"] and res.hooks[0] == "blocks.0.hook_resid_pre"
@@ -71,3 +71,20 @@ def test_bad_inputs_are_one_line_errors():
     with pytest.raises(pk.ProbekitError, match="rows"):
         ActivationStore(acts={"blocks.0.hook_resid_pre": torch.zeros(5, 2)}, example_id=torch.arange(6),
                         position=torch.arange(6), token=torch.arange(6))
+
+
+def test_regression_sweep_reports_r2_and_leace_removes_it():
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    x = torch.randn(n, 8, generator=g)
+    y = 2 * x[:, 0] + 0.1 * torch.randn(n, generator=g)
+    store = ActivationStore(acts={"blocks.0.hook_resid_pre": torch.randn(n, 8, generator=g),
+                                  "blocks.0.hook_resid_post": x},
+                            example_id=torch.arange(n) // 6, position=torch.arange(n) % 6, token=torch.arange(n) % 5,
+                            labels={"r": y}, label_kinds={"r": "regression"},
+                            manifest={"n_layers": 1, "control_key": "token"})
+    res = probes.sweep(store, "r", n_boot=100)
+    assert res.metric == "r2" and res.mdl_bits is None
+    assert res.score[1] > 0.98 and res.score[0] < 0.05
+    assert res.selectivity[1] > 0.9
+    assert all(abs(e) <= 0.01 for e in res.erased_score)
