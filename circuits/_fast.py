@@ -60,11 +60,13 @@ class FastSuffix:
         model: the bridge.
         resid: base ``blocks.L.hook_resid_pre`` for every layer, ``[batch, pos, d_model]``.
         logits: base logits.
+        resid_post_last: base ``hook_resid_post`` of the last block.
     """
 
-    def __init__(self, model, resid: list[Tensor], logits: Tensor):
+    def __init__(self, model, resid: list[Tensor], logits: Tensor, resid_post_last: Tensor):
         self.model = model
         self.resid = resid
+        self.resid_post_last = resid_post_last
         self.logits = logits
         self.ok = False
         try:
@@ -107,12 +109,86 @@ class FastSuffix:
     def _check(self) -> bool:
         T = self.resid[0].shape[1]
         scale = float(self.logits.abs().max()) + 1.0
-        for start, p in ((0, 0), (len(self.layers) - 1, T // 2)):
-            out = self.run(start, p, 1, None, None)[0]
-            if float((out - self.logits).abs().max()) > 1e-4 * scale:
-                log.info("fast suffix does not reproduce the model (start %d, pos %d)", start, p)
+        n = len(self.layers)
+        outs = [self.run(0, 0, 1, None, None), self.run(n - 1, T // 2, 1, None, None),
+                self.run_row(0, [T // 2, 1], "resid_post", lambda v: None)[1:],
+                self.run_row(n - 1, [0, T - 1], "z", lambda v: None)[1:]]
+        for out in outs:
+            if float((out[0] - self.logits).abs().max()) > 1e-4 * scale:
+                log.info("fast suffix does not reproduce the model")
                 return False
         return True
+
+    def _layer(self, i: int, x: Tensor, p: int, K: int, at: str | None, edit, row_ps: Tensor | None = None) -> Tensor:
+        """Block ``i`` on rows ``p .. p + S - 1`` (``x``: ``[K * batch, S, d_model]``); earlier rows' keys from the base run.
+
+        With ``row_ps`` (``[K]``), ``x`` is one row per copy, at position ``row_ps[k]``, whose input is
+        the base run's: all keys and values are the base run's, masked after each copy's own position.
+        """
+        L = self.layers[i]
+        N, S, d = x.shape
+        B = N // K
+        T = p + S
+        h = L.ln1(x)
+        q = torch.einsum("nsd,hde->nhse", h, L.WQ) + L.bQ[:, None]
+        if row_ps is not None:
+            k0, v0 = self.kv[i]
+            Tf, H, E = k0.shape[2], k0.shape[1], k0.shape[3]
+            k_all = k0.unsqueeze(0).expand(K, B, H, Tf, E).reshape(N, H, Tf, E)
+            v_all = v0.unsqueeze(0).expand(K, B, H, Tf, E).reshape(N, H, Tf, E)
+            row_mask = torch.arange(Tf, device=x.device)[None, :] > row_ps[:, None]  # [K, T]
+            mask = row_mask.repeat_interleave(B, 0)[:, None, None, :]  # [N, 1, 1, T]
+            scores = (q @ k_all.transpose(-1, -2)) / L.scale
+            pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
+            return self._after_attn(L, x, (pattern @ v_all).transpose(1, 2), K, at, edit)
+        k_s = torch.einsum("nsd,hde->nhse", h, L.WK) + L.bK[:, None]
+        v_s = torch.einsum("nsd,hde->nhse", h, L.WV) + L.bV[:, None]
+        if p:
+            k0, v0 = self.kv[i]
+            H, E = k0.shape[1], k0.shape[3]
+            k_pre = k0[:, :, :p].unsqueeze(0).expand(K, B, H, p, E).reshape(N, H, p, E)
+            v_pre = v0[:, :, :p].unsqueeze(0).expand(K, B, H, p, E).reshape(N, H, p, E)
+            k_all, v_all = torch.cat([k_pre, k_s], 2), torch.cat([v_pre, v_s], 2)
+        else:
+            k_all, v_all = k_s, v_s
+        mask = torch.arange(T, device=x.device)[None, :] > (p + torch.arange(S, device=x.device))[:, None]
+        scores = (q @ k_all.transpose(-1, -2)) / L.scale
+        pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
+        return self._after_attn(L, x, (pattern @ v_all).transpose(1, 2), K, at, edit)
+
+    def _after_attn(self, L: _Layer, x: Tensor, z: Tensor, K: int, at: str | None, edit) -> Tensor:
+        """The rest of a block from the heads' outputs ``z`` (``[N, S, head, d_head]``)."""
+        N, S, d = x.shape
+        B = N // K
+        if at == "z":
+            z = z.contiguous()
+            edit(z.view(K, B, S, *z.shape[2:]))
+        attn_out = torch.einsum("nshe,hed->nsd", z, L.WO) + L.bO
+        if at == "attn_out":
+            edit(attn_out.view(K, B, S, d))
+        x = x + attn_out
+        mlp_in = x
+        if at == "resid_mid":
+            # the bridge's hook_resid_mid is ln2's input: a patch there reaches the MLP only,
+            # the residual connection keeps the unpatched stream (as TransformerLens' patching does)
+            mlp_in = x.clone()
+            edit(mlp_in.view(K, B, S, d))
+        if L.ln2 is not None:
+            mlp_out = L.act(L.ln2(mlp_in) @ L.Win + L.bin) @ L.Wout + L.bout
+            if at == "mlp_out":
+                edit(mlp_out.view(K, B, S, d))
+            x = x + mlp_out
+        if at == "resid_post":
+            edit(x.view(K, B, S, d))
+        return x
+
+    def _finish(self, x: Tensor, p: int, K: int) -> Tensor:
+        B = x.shape[0] // K
+        out = self.unembed(self.ln_final(x)).view(K, B, x.shape[1], -1)
+        if p:
+            pre = self.logits[:, :p].unsqueeze(0).expand(K, *self.logits[:, :p].shape)
+            out = torch.cat([pre, out], 2)
+        return out
 
     @torch.no_grad()
     def run(self, start: int, p: int, K: int, point: str | None, edit) -> Tensor:
@@ -127,47 +203,29 @@ class FastSuffix:
         x = self.resid[start][:, p:].unsqueeze(0).expand(K, B, S, d).reshape(N, S, d).clone()
         if point == "resid_pre":
             edit(x.view(K, B, S, d))
-        mask = torch.arange(T, device=x.device)[None, :] > (p + torch.arange(S, device=x.device))[:, None]
         for i in range(start, len(self.layers)):
-            L = self.layers[i]
-            at = point if i == start else None
-            h = L.ln1(x)
-            q = torch.einsum("nsd,hde->nhse", h, L.WQ) + L.bQ[:, None]
-            k_s = torch.einsum("nsd,hde->nhse", h, L.WK) + L.bK[:, None]
-            v_s = torch.einsum("nsd,hde->nhse", h, L.WV) + L.bV[:, None]
-            if p:
-                k0, v0 = self.kv[i]
-                H, E = k0.shape[1], k0.shape[3]
-                k_pre = k0[:, :, :p].unsqueeze(0).expand(K, B, H, p, E).reshape(N, H, p, E)
-                v_pre = v0[:, :, :p].unsqueeze(0).expand(K, B, H, p, E).reshape(N, H, p, E)
-                k_all, v_all = torch.cat([k_pre, k_s], 2), torch.cat([v_pre, v_s], 2)
-            else:
-                k_all, v_all = k_s, v_s
-            scores = (q @ k_all.transpose(-1, -2)) / L.scale
-            pattern = scores.masked_fill(mask, float("-inf")).softmax(-1)
-            z = (pattern @ v_all).transpose(1, 2)  # [N, S, H, E]
-            if at == "z":
-                z = z.contiguous()
-                edit(z.view(K, B, S, *z.shape[2:]))
-            attn_out = torch.einsum("nshe,hed->nsd", z, L.WO) + L.bO
-            if at == "attn_out":
-                edit(attn_out.view(K, B, S, d))
-            x = x + attn_out
-            mlp_in = x
-            if at == "resid_mid":
-                # the bridge's hook_resid_mid is ln2's input: a patch there reaches the MLP only,
-                # the residual connection keeps the unpatched stream (as TransformerLens' patching does)
-                mlp_in = x.clone()
-                edit(mlp_in.view(K, B, S, d))
-            if L.ln2 is not None:
-                mlp_out = L.act(L.ln2(mlp_in) @ L.Win + L.bin) @ L.Wout + L.bout
-                if at == "mlp_out":
-                    edit(mlp_out.view(K, B, S, d))
-                x = x + mlp_out
-            if at == "resid_post":
-                edit(x.view(K, B, S, d))
-        out = self.unembed(self.ln_final(x)).view(K, B, S, -1)
-        if p:
-            pre = self.logits[:, :p].unsqueeze(0).expand(K, *self.logits[:, :p].shape)
-            out = torch.cat([pre, out], 2)
-        return out
+            x = self._layer(i, x, p, K, point if i == start else None, edit)
+        return self._finish(x, p, K)
+
+    @torch.no_grad()
+    def run_row(self, start: int, ps: list[int], point: str, edit) -> Tensor:
+        """Like :meth:`run` for ``K = len(ps)`` copies, copy ``k`` patched at one position ``ps[k]`` at a point
+        after block ``start``'s attention reads its input (``z``, ``attn_out``, ``resid_mid``, ``mlp_out``,
+        ``resid_post``). Block ``start`` then changes only that row, so only it is recomputed there (the
+        edit's view is ``[K, batch, 1, ...]``); later blocks run from the smallest position on.
+        """
+        assert point != "resid_pre"
+        K = len(ps)
+        B, T, d = self.resid[start].shape
+        N = K * B
+        pos = torch.tensor(ps, device=self.resid[start].device)
+        rows = self.resid[start][:, pos].permute(1, 0, 2).reshape(N, 1, d)  # copy-major
+        rows = self._layer(start, rows, 0, K, point, edit, row_ps=pos)
+        p0 = min(ps)
+        after = self.resid[start + 1] if start + 1 < len(self.layers) else self.resid_post_last
+        x = after[:, p0:].unsqueeze(0).expand(K, B, T - p0, d).clone()
+        x[torch.arange(K).repeat_interleave(B), torch.arange(B).repeat(K), (pos - p0).repeat_interleave(B)] = rows[:, 0]
+        x = x.reshape(N, T - p0, d)
+        for i in range(start + 1, len(self.layers)):
+            x = self._layer(i, x, p0, K, None, None)
+        return self._finish(x, p0, K)

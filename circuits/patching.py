@@ -157,7 +157,8 @@ def patch(
         check_target_available(model, t)
         base, src = (corrupt, clean) if direction == "denoising" else (clean, corrupt)
         n_layers = model.cfg.n_layers
-        names = {f"blocks.{L}.hook_resid_pre" for L in range(n_layers)} | {t.hook_name(L) for L in range(n_layers)}
+        names = ({f"blocks.{L}.hook_resid_pre" for L in range(n_layers)} | {t.hook_name(L) for L in range(n_layers)}
+                 | {f"blocks.{n_layers - 1}.hook_resid_post"})
         base_logits, base_cache, src_logits, src_cache = run_pair(model, base, src, names)
         B, T = base.shape
         ev = evaluator(metric, B, per_example)
@@ -172,7 +173,7 @@ def patch(
         bar = tqdm(total=n_layers * len(indices), desc=f"patch {t.name}", disable=not progress)
         fast = None
         if t.setter in ("pos", "pos_head") and t.kind in POINTS and fast_path:
-            fast = FastSuffix(model, engine.resid, base_logits)
+            fast = FastSuffix(model, engine.resid, base_logits, base_cache[f"blocks.{n_layers - 1}.hook_resid_post"])
             fast = fast if fast.ok else None
         for L in range(n_layers):
             if fast is not None:
@@ -222,6 +223,20 @@ def _fast_layer(fast: FastSuffix, t: _targets.Target, L: int, src_act: Tensor, i
         groups.append(cur)
     for group in groups:
         p0 = group[0][0]
+        if t.kind != "resid_pre":
+            # block L changes one row per copy: recompute only those rows there, later blocks from p0 on
+            ps = [idx[0] for idx in group]
+            rows = src_act[:, torch.tensor(ps, device=src_act.device)].transpose(0, 1)  # [K, batch, ...]
+
+            def edit_rows(view: Tensor, group=group, rows=rows) -> None:
+                for k, idx in enumerate(group):
+                    _targets.apply(t.setter, view[k], rows[k].unsqueeze(1), (0, *idx[1:]))
+
+            logits = fast.run_row(L, ps, t.kind, edit_rows)
+            for k, idx in enumerate(group):
+                store[(L, *idx)] = ev(logits[k]).cpu()
+            bar.update(len(group))
+            continue
         src = src_act[:, p0:]
 
         def edit(view: Tensor, group=group, src=src, p0=p0) -> None:
