@@ -173,13 +173,18 @@ class _Capture:
         self.stop_early = stop_early
         self.dest: dict[str, Tensor] = {}
         self.idx: Tensor | None = None  # flat row indices, on the model's device; None = all
-        self.fired = 0
+        self.fired: set[int] = set()  # hook points that fired in this forward pass
 
     def hooks(self) -> list[tuple[str, Any]]:
-        return [(name, self._make(served, pos_dim)) for name, served, pos_dim in self.points]
+        return [(name, self._make(i, served, pos_dim)) for i, (name, served, pos_dim) in enumerate(self.points)]
 
-    def _make(self, served: list[str], pos_dim: int):
+    def missing(self) -> list[str]:
+        return [name for i, (name, _, _) in enumerate(self.points) if i not in self.fired]
+
+    def _make(self, i: int, served: list[str], pos_dim: int):
         def hook(x: Tensor, hook) -> None:
+            if i in self.fired:
+                raise ProbekitError(f"hook {served[0]!r} fires more than once per forward pass; it cannot be cached per token")
             x = x.detach()
             if pos_dim != 1:
                 x = x.movedim(pos_dim, 1)
@@ -192,8 +197,8 @@ class _Capture:
                     torch.index_select(flat, 0, self.idx, out=dst)
                 else:
                     dst.copy_(flat.index_select(0, self.idx))
-            self.fired += 1
-            if self.stop_early and self.fired == len(self.points):
+            self.fired.add(i)
+            if self.stop_early and len(self.fired) == len(self.points):
                 raise StopAtLayerException(x)  # the bridge's forward returns here: nothing deeper is needed
 
         return hook
@@ -319,6 +324,7 @@ def cache_activations(
         sink.close()
         return ActivationStore.open(out, verify=False)
     data = sink.close()
+    manifest["complete"] = True
     return ActivationStore(
         acts={h: data[f"act.{h}"] for h in names},
         example_id=data["example_id"],
@@ -356,11 +362,11 @@ def _run(model, sink, names, tokens, mask, keep, labels, label_mask, *, start: i
                         dest[f"label_mask.{k}"].copy_(label_mask[k][s:e].reshape(-1)[flat])
                     capture.dest = dest
                     capture.idx = None if r == kb.numel() else flat.to(device)
-                    capture.fired = 0
+                    capture.fired = set()
                     kwargs = {} if attn_all else {"attention_mask": mask[s:e].long().to(device)}
                     model(tokens[s:e].to(device), **kwargs)
-                    if capture.fired != len(capture.points):
-                        raise ProbekitError(f"only {capture.fired} of {len(capture.points)} hooks fired in a forward pass")
+                    if capture.missing():
+                        raise ProbekitError(f"hooks {capture.missing()} did not fire in the forward pass")
                 sink.commit(r, e)
                 bar.update(e - s)
     except BaseException:

@@ -99,6 +99,10 @@ class ActivationStore:
                 "run cache_activations with the same arguments to resume it"
             )
         reader = disk.ShardReader(root, manifest, verify=verify)
+        if manifest.get("complete") and reader.rows != manifest.get("rows"):
+            raise ProbekitError(
+                f"the store at {root} is inconsistent: its shards hold {reader.rows} rows, its manifest says {manifest.get('rows')}"
+            )
         label_names = list(manifest.get("labels", {}))
         return cls(
             acts=disk.ShardedActs(reader, manifest["hooks"]),
