@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -232,6 +233,7 @@ def train(
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    callback: Callable[[int, Any], dict[str, float] | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task``'s next-token prediction; leave it in eval mode.
 
@@ -250,6 +252,9 @@ def train(
             overwritten.
         device: where to train; default where the model is.
         progress: show a tqdm progress bar.
+        callback: ``callback(step, model)`` at every evaluation (model in eval
+            mode, no gradients kept); the numbers it returns join that step's
+            row of ``history`` and ``metrics.jsonl`` (head scores, accuracies…).
 
     Returns:
         A :class:`TrainResult`.
@@ -280,6 +285,10 @@ def train(
             done = step + 1
             if done == config.steps or (config.eval_every is not None and done % config.eval_every == 0):
                 row["eval_loss"] = evaluate(model, task, config, device=device)
+                if callback is not None:
+                    model.eval()
+                    row.update(callback(done, model) or {})
+                    model.train()
             history.append(row)
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")

@@ -21,6 +21,8 @@ def register(name: str, target: str) -> None:
 
 
 register("demo", "probekit.experiments.demo:run")
+for _name in ("induction", "scaling", "grokking", "probing"):
+    register(_name, f"probekit.experiments.classic:{_name}")
 
 
 def names() -> list[str]:
