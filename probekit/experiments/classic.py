@@ -154,6 +154,6 @@ def probing(out: str | Path, *, quick: bool = False, device: str = "cpu", seed: 
         rep.add(f"Probe: {label}",
                 text="Logistic probes per residual layer; the control task gives each (token, position) a random "
                 "label, so selectivity says how much is more than memorised token identity.",
-                figures=res.summary() if hasattr(res, "summary") else {},
+                figures=res.summary(),
                 figure=res.figure(), page=f"probe_{label}.html")
     return rep.write()

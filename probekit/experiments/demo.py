@@ -99,13 +99,12 @@ def run(
     n_seq = 64 if quick else 256
     store = pk.cache_activations(model, task, "resid_post", n=n_seq, seed=seed + 1, device=device)
     sweep = probes.sweep(store, label="prev_token", model=model, n_boot=200, seed=seed, progress=progress)
-    best = sweep.best_layer() if hasattr(sweep, "best_layer") else None
     rep.add(
         "Probes: previous token",
         text="Logistic probes for the previous token's id on each residual layer, with a control task "
         "(Hewitt & Liang 2019), selectivity, MDL (Voita & Titov 2020) and LEACE erasure. The embedding holds only "
         "the current token; after layer 0 the previous-token head has written the previous one.",
-        figures=sweep.summary() if hasattr(sweep, "summary") else {"best layer": best},
+        figures=sweep.summary(),
         figure=sweep.figure(),
         page="probes.html",
     )
