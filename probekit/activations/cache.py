@@ -1,39 +1,36 @@
 """Run a model over a task or user data and cache chosen hooks, token by token.
 
-The forward pass runs with one hook per needed hook point (TransformerLens'
-``model.hooks``); each hook gathers the batch's rows straight into a
-preallocated slot of the sink (:mod:`probekit.activations.sinks`), and once the
-last needed hook has fired the forward stops (TransformerLens'
-``StopAtLayerException``), so nothing after the deepest cached layer runs —
-no final norm, no unembedding. Caching therefore costs about one forward pass.
-
-An on-disk store is written as it goes and resumes after a crash: see
-:mod:`probekit.activations.disk` for the layout.
+The forward pass runs with one hook per needed hook point; each hook gathers
+the batch's rows straight into a preallocated slot of the sink, and the
+forward stops once the deepest needed hook has fired
+(:mod:`probekit.activations.capture`), so caching costs about one forward
+pass. The sink is either the final in-memory tensors or two bounded shard
+buffers written out by a background thread
+(:mod:`probekit.activations.sinks`); an on-disk store is written as it goes,
+resumes after a crash (:mod:`probekit.activations.resume`) and is laid out as
+:mod:`probekit.activations.disk` describes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
-import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from probekit.activations import disk
+from probekit.activations.capture import Capture, row_shapes
+from probekit.activations.resume import build_manifest, hash_tensors, prepare_dir
 from probekit.activations.sinks import Columns, MemorySink, ShardSink, row_bytes
 from probekit.activations.store import ActivationStore
 from probekit.errors import ProbekitError, closest
 from probekit.hooks import BLOCK_KINDS, HOOK_KINDS, hook_name, residual_layers, resolve
-from probekit.model import fingerprint
 from probekit.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -123,87 +120,6 @@ def select_positions(mask: Tensor, positions: str | Sequence[int] | None) -> Ten
     return keep
 
 
-def _jsonable(d: Any) -> Any:
-    return json.loads(json.dumps(d, default=str))
-
-
-def _hash_tensors(*ts: Tensor) -> str:
-    h = hashlib.sha256()
-    for t in ts:
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{t.dtype}{list(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def _hook_points(model, names: list[str]) -> list[tuple[str, list[str], int]]:
-    """Group hook names by the hook point that fires them: (name to hook, names served, position dim)."""
-    groups: dict[int, tuple[str, list[str], int]] = {}
-    for name in names:
-        hp = model.hook_dict[name]
-        pos_dim = getattr(hp, "pos_dim", None)
-        if pos_dim is None:
-            pos_dim = -2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
-        groups.setdefault(id(hp), (name, [], pos_dim))[1].append(name)
-    return list(groups.values())
-
-
-def _row_shapes(model, names: list[str], tokens: Tensor, attn: Tensor | None, device) -> dict[str, tuple[list[int], torch.dtype]]:
-    """Per-row shape and dtype of each hook, from a forward pass over one sequence."""
-    kwargs = {} if attn is None else {"attention_mask": attn.to(device)}
-    try:
-        with torch.no_grad():
-            _, cache = model.run_with_cache(tokens.to(device), names_filter=list(names), return_cache_object=False, **kwargs)
-    except KeyError as e:
-        raise ProbekitError(f"cannot cache these hooks on this model: {e}") from None
-    out = {}
-    for name, pos_dim in [(n, d) for _, ns, d in _hook_points(model, names) for n in ns]:
-        if cache.get(name) is None:
-            raise ProbekitError(f"hook {name!r} does not fire on this model (TransformerLens serves it gated or not at all)")
-        x = cache[name].movedim(pos_dim, 1)
-        out[name] = (list(x.shape[2:]), x.dtype)
-    return out
-
-
-class _Capture:
-    """The forward hooks: gather each batch's rows into the sink's slot, stop after the last one."""
-
-    def __init__(self, model, names: list[str], stop_early: bool):
-        self.points = _hook_points(model, names)
-        self.stop_early = stop_early
-        self.dest: dict[str, Tensor] = {}
-        self.idx: Tensor | None = None  # flat row indices, on the model's device; None = all
-        self.fired: set[int] = set()  # hook points that fired in this forward pass
-
-    def hooks(self) -> list[tuple[str, Any]]:
-        return [(name, self._make(i, served, pos_dim)) for i, (name, served, pos_dim) in enumerate(self.points)]
-
-    def missing(self) -> list[str]:
-        return [name for i, (name, _, _) in enumerate(self.points) if i not in self.fired]
-
-    def _make(self, i: int, served: list[str], pos_dim: int):
-        def hook(x: Tensor, hook) -> None:
-            if i in self.fired:
-                raise ProbekitError(f"hook {served[0]!r} fires more than once per forward pass; it cannot be cached per token")
-            x = x.detach()
-            if pos_dim != 1:
-                x = x.movedim(pos_dim, 1)
-            flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-            for name in served:
-                dst = self.dest[f"act.{name}"]
-                if self.idx is None:
-                    dst.copy_(flat)
-                elif flat.device == dst.device and flat.dtype == dst.dtype:
-                    torch.index_select(flat, 0, self.idx, out=dst)
-                else:
-                    dst.copy_(flat.index_select(0, self.idx))
-            self.fired.add(i)
-            if self.stop_early and len(self.fired) == len(self.points):
-                raise StopAtLayerException(x)  # the bridge's forward returns here: nothing deeper is needed
-
-        return hook
-
-
 def cache_activations(
     model,
     task: Task,
@@ -269,79 +185,116 @@ def cache_activations(
     n = _resolve_n(task, n)
     names = expand_hooks(hooks, model.cfg.n_layers, set(model.hook_dict))
     device = _check_device(model, device)
-    store_dtype = _dtype(dtype)
+    data = _Data.of(model, task, n, seed, split, positions)
+    columns = _columns(model, names, data, device, _dtype(dtype))
+    manifest = build_manifest(model, task, names, columns, data.kinds, n=n, seed=seed, split=split,
+                              positions=positions, rows=data.rows, data_hash=data.hash())
+    if out is None:
+        sink: MemorySink | ShardSink = MemorySink(columns, data.rows)
+        _run(model, sink, names, data, start=0, batch_size=batch_size, device=device, progress=progress)
+        acts = sink.close()
+        manifest["complete"] = True
+        return ActivationStore(
+            acts={h: acts[f"act.{h}"] for h in names},
+            example_id=acts["example_id"],
+            position=acts["position"],
+            token=acts["token"],
+            labels={k: acts[f"label.{k}"] for k in data.labels},
+            label_mask={k: acts[f"label_mask.{k}"] for k in data.labels},
+            label_kinds=data.kinds,
+            manifest=manifest,
+        )
 
-    batch = task.batch(n, seed, split)
-    tokens, mask = batch.tokens.to("cpu"), batch.mask.to("cpu").bool()
-    if tokens.shape[0] != n or mask.shape != tokens.shape:
-        raise ProbekitError(f"task {task.name!r} gave tokens {list(tokens.shape)} and mask {list(mask.shape)} for n={n}")
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    if n_ctx is not None and tokens.shape[1] > n_ctx:
-        raise ProbekitError(f"sequences of {tokens.shape[1]} tokens are longer than the model's context ({n_ctx})")
-    keep = select_positions(mask, positions)
-    labels, label_mask, kinds = _labels(task, batch, tokens.shape)
-    attn_all = bool(mask.all())
+    capacity = _capacity(columns, data.per_example, memory_budget, shard_rows)
+    batch_size = min(batch_size, capacity // data.per_example)  # one batch always fits a buffer
+    manifest["batch_size"], manifest["shard_capacity"] = batch_size, capacity
+    prepared = prepare_dir(Path(out), manifest, overwrite)
+    if prepared is None:
+        log.info("the store at %s is complete; nothing to do", out)
+        return ActivationStore.open(out)
+    manifest, start = prepared
+    sink = ShardSink(Path(out), manifest, columns, capacity, start)
+    _run(model, sink, names, data, start=start, batch_size=batch_size, device=device, progress=progress)
+    sink.close()
+    return ActivationStore.open(out, verify=False)
 
-    shapes = _row_shapes(model, names, tokens[:1], None if attn_all else mask[:1].long(), device)
+
+@dataclass(frozen=True)
+class _Data:
+    """The sequences to cache and, per ``[example, position]``, which are rows and their labels."""
+
+    tokens: Tensor
+    mask: Tensor
+    keep: Tensor
+    labels: dict[str, Tensor]
+    label_mask: dict[str, Tensor]
+    kinds: dict[str, str]
+
+    @classmethod
+    def of(cls, model, task: Task, n: int, seed: int, split: str, positions) -> _Data:
+        batch = task.batch(n, seed, split)
+        tokens, mask = batch.tokens.to("cpu"), batch.mask.to("cpu").bool()
+        if tokens.shape[0] != n or mask.shape != tokens.shape:
+            raise ProbekitError(f"task {task.name!r} gave tokens {list(tokens.shape)} and mask {list(mask.shape)} for n={n}")
+        d_vocab, n_ctx = getattr(model.cfg, "d_vocab", None), getattr(model.cfg, "n_ctx", None)
+        if d_vocab is not None and bool(mask.any()) and int(tokens[mask].max()) >= d_vocab:
+            raise ProbekitError(f"{task.name!r} has token ids up to {int(tokens[mask].max())} but the model's vocabulary "
+                                f"has {d_vocab}: cache a task the model was built for")
+        if n_ctx is not None and tokens.shape[1] > n_ctx:
+            raise ProbekitError(f"sequences of {tokens.shape[1]} tokens are longer than the model's context ({n_ctx})")
+        labels, label_mask, kinds = _labels(task, batch, tokens.shape)
+        return cls(tokens, mask, select_positions(mask, positions), labels, label_mask, kinds)
+
+    @property
+    def rows(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def per_example(self) -> int:
+        """The most rows one sequence gives (at least 1)."""
+        return max(int(self.keep.sum(1).max()) if len(self.keep) else 1, 1)
+
+    @property
+    def padded(self) -> bool:
+        return not bool(self.mask.all())
+
+    def hash(self) -> str:
+        return hash_tensors(self.tokens, self.mask, self.keep)
+
+
+def _columns(model, names: list[str], data: _Data, device, store_dtype: torch.dtype | None) -> Columns:
+    """What each row holds: every hook's activation, the row index, the labels and their masks."""
+    attn = data.mask[:1].long() if data.padded else None
     columns: Columns = {c: ([], torch.int64) for c in disk.INDEX_COLUMNS}
-    for name, (shape, dt) in shapes.items():
+    for name, (shape, dt) in row_shapes(model, names, data.tokens[:1], attn, device).items():
         columns[f"act.{name}"] = (shape, store_dtype or dt)
-    for k, v in labels.items():
+    for k, v in data.labels.items():
         columns[f"label.{k}"] = ([], v.dtype)
         columns[f"label_mask.{k}"] = ([], torch.bool)
-
-    manifest = _manifest(model, task, names, columns, kinds, n=n, seed=seed, split=split, positions=positions,
-                         rows=int(keep.sum()), data_hash=_hash_tensors(tokens, mask, keep))
-    per_example = int(keep.sum(1).max()) if n else 1
-    start = 0
-    if out is None:
-        sink: MemorySink | ShardSink = MemorySink(columns, int(keep.sum()))
-    else:
-        root = Path(out)
-        budget = parse_bytes(memory_budget if memory_budget is not None else DEFAULT_MEMORY_BUDGET)
-        capacity = budget // (2 * row_bytes(columns))
-        if shard_rows is not None:
-            if shard_rows < 1:
-                raise ProbekitError(f"shard_rows must be at least 1, got {shard_rows}")
-            capacity = min(capacity, shard_rows)
-        if capacity < max(per_example, 1):
-            raise ProbekitError(
-                f"memory budget {memory_budget or DEFAULT_MEMORY_BUDGET!r} is too small: two buffers of one sequence's "
-                f"{max(per_example, 1)} rows need {2 * max(per_example, 1) * row_bytes(columns)} bytes"
-            )
-        batch_size = min(batch_size, capacity // max(per_example, 1))
-        manifest["batch_size"], manifest["shard_capacity"] = batch_size, capacity
-        resumed = _prepare_dir(root, manifest, overwrite)
-        if resumed is None:  # already complete
-            log.info("store at %s is complete; nothing to do", root)
-            return ActivationStore.open(root)
-        manifest, start = resumed
-        sink = ShardSink(root, manifest, columns, capacity, start)
-
-    _run(model, sink, names, tokens, mask, keep, labels, label_mask, start=start, batch_size=batch_size,
-         device=device, attn_all=attn_all, progress=progress)
-    if isinstance(sink, ShardSink):
-        sink.close()
-        return ActivationStore.open(out, verify=False)
-    data = sink.close()
-    manifest["complete"] = True
-    return ActivationStore(
-        acts={h: data[f"act.{h}"] for h in names},
-        example_id=data["example_id"],
-        position=data["position"],
-        token=data["token"],
-        labels={k: data[f"label.{k}"] for k in labels},
-        label_mask={k: data[f"label_mask.{k}"] for k in labels},
-        label_kinds=kinds,
-        manifest=manifest,
-    )
+    return columns
 
 
-def _run(model, sink, names, tokens, mask, keep, labels, label_mask, *, start: int, batch_size: int, device,
-         attn_all: bool, progress: bool) -> None:
-    """The caching loop: one forward per batch, rows gathered by the hooks into the sink."""
+def _capacity(columns: Columns, per_example: int, memory_budget, shard_rows: int | None) -> int:
+    """Rows per shard buffer: two buffers (one filling, one being written) fit the budget."""
+    budget = parse_bytes(memory_budget if memory_budget is not None else DEFAULT_MEMORY_BUDGET)
+    capacity = budget // (2 * row_bytes(columns))
+    if shard_rows is not None:
+        if shard_rows < 1:
+            raise ProbekitError(f"shard_rows must be at least 1, got {shard_rows}")
+        capacity = min(capacity, shard_rows)
+    if capacity < per_example:
+        raise ProbekitError(
+            f"memory budget {memory_budget or DEFAULT_MEMORY_BUDGET!r} is too small: two buffers of one sequence's "
+            f"{per_example} rows need {2 * per_example * row_bytes(columns)} bytes"
+        )
+    return capacity
+
+
+def _run(model, sink, names: list[str], data: _Data, *, start: int, batch_size: int, device, progress: bool) -> None:
+    """The caching loop: one forward per batch, rows gathered by the hooks into the sink's slots."""
+    tokens, keep = data.tokens, data.keep
     n, P = tokens.shape
-    capture = _Capture(model, names, stop_early=isinstance(model, TransformerBridge))
+    capture = Capture(model, names, stop_early=isinstance(model, TransformerBridge))
     was_training = model.training
     model.eval()
     bar = tqdm(total=n, initial=start, disable=not progress, unit="seq", desc="caching")
@@ -349,25 +302,21 @@ def _run(model, sink, names, tokens, mask, keep, labels, label_mask, *, start: i
         with torch.no_grad(), model.hooks(fwd_hooks=capture.hooks()):
             for s in range(start, n, batch_size):
                 e = min(s + batch_size, n)
-                kb = keep[s:e]
-                flat = kb.reshape(-1).nonzero().squeeze(1)
-                r = len(flat)
-                if r:
-                    dest = sink.slot(r, s)
+                flat = keep[s:e].reshape(-1).nonzero().squeeze(1)
+                if len(flat):
+                    dest = sink.slot(len(flat), s)
                     dest["example_id"].copy_(flat // P + s)
                     dest["position"].copy_(flat % P)
                     dest["token"].copy_(tokens[s:e].reshape(-1)[flat])
-                    for k in labels:
-                        dest[f"label.{k}"].copy_(labels[k][s:e].reshape(-1)[flat])
-                        dest[f"label_mask.{k}"].copy_(label_mask[k][s:e].reshape(-1)[flat])
-                    capture.dest = dest
-                    capture.idx = None if r == kb.numel() else flat.to(device)
-                    capture.fired = set()
-                    kwargs = {} if attn_all else {"attention_mask": mask[s:e].long().to(device)}
+                    for k in data.labels:
+                        dest[f"label.{k}"].copy_(data.labels[k][s:e].reshape(-1)[flat])
+                        dest[f"label_mask.{k}"].copy_(data.label_mask[k][s:e].reshape(-1)[flat])
+                    capture.start(dest, None if len(flat) == (e - s) * P else flat.to(device))
+                    kwargs = {"attention_mask": data.mask[s:e].long().to(device)} if data.padded else {}
                     model(tokens[s:e].to(device), **kwargs)
                     if capture.missing():
                         raise ProbekitError(f"hooks {capture.missing()} did not fire in the forward pass")
-                sink.commit(r, e)
+                sink.commit(len(flat), e)
                 bar.update(e - s)
     except BaseException:
         sink.abort()
@@ -433,104 +382,3 @@ def _labels(task: Task, batch, shape) -> tuple[dict[str, Tensor], dict[str, Tens
         labels[name], masks[name] = v, m
         kinds[name] = specs.get(name, "regression" if v.is_floating_point() else "classification")
     return labels, masks, kinds
-
-
-def _manifest(model, task: Task, names, columns: Columns, kinds, *, n, seed, split, positions, rows, data_hash):
-    cfg = model.cfg
-    positions = list(positions) if positions is not None and not isinstance(positions, str) else positions
-    return {
-        "format": disk.FORMAT,
-        "format_version": disk.FORMAT_VERSION,
-        "complete": False,
-        # the keys every store had first (probes and sweeps read them)
-        "n_layers": cfg.n_layers,
-        "n_heads": cfg.n_heads,
-        "d_model": cfg.d_model,
-        "task": _jsonable(task.to_dict()),
-        "control_key": task.control_key,
-        "hooks": names,
-        "n": n,
-        "seed": seed,
-        "split": split,
-        "model": {
-            "source": _jsonable(getattr(model, "probekit_source", None)),
-            "fingerprint": fingerprint(model),
-            "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model,
-            "d_vocab": getattr(cfg, "d_vocab", None), "n_ctx": getattr(cfg, "n_ctx", None),
-        },
-        "data": {"task": _jsonable(task.to_dict()), "n": n, "seed": seed, "split": split,
-                 "positions": positions, "sha256": data_hash},
-        "shapes": {h: columns[f"act.{h}"][0] for h in names},
-        "dtypes": {h: disk.dtype_name(columns[f"act.{h}"][1]) for h in names},
-        "labels": {k: {"kind": kinds[k], "dtype": disk.dtype_name(columns[f"label.{k}"][1])} for k in kinds},
-        "rows": rows,
-        "versions": disk.versions(),
-        "shards": [],
-    }
-
-
-#: manifest parts that must agree for a store to be resumed or reused
-_IDENTITY = ("model.fingerprint", "data", "hooks", "shapes", "dtypes", "labels", "format_version")
-
-
-def _get(d: dict, dotted: str):
-    for k in dotted.split("."):
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-
-def _prepare_dir(root: Path, manifest: dict[str, Any], overwrite: bool) -> tuple[dict[str, Any], int] | None:
-    """Make ``root`` ready to write into: fresh, resumed (manifest and first example), or ``None`` if complete."""
-    if root.exists() and not root.is_dir():
-        raise ProbekitError(f"cannot write an activation store to {root}: it is a file")
-    root.mkdir(parents=True, exist_ok=True)
-    existing = None
-    if (root / disk.MANIFEST).exists():
-        try:
-            existing = disk.read_manifest(root)
-        except ProbekitError:
-            if not overwrite:
-                raise
-    elif any(not disk.is_store_file(p.name) for p in root.iterdir()):
-        raise ProbekitError(f"{root} is not empty and holds no activation store; choose a new directory for out")
-    if existing is not None:
-        differ = [k for k in _IDENTITY if _get(existing, k) != _get(manifest, k)]
-        if differ and not overwrite:
-            raise ProbekitError(
-                f"the store at {root} was made from a different {' and '.join(differ)}; "
-                "pass overwrite=True (--overwrite) to replace it, or choose another directory"
-            )
-        if not differ and not overwrite:
-            if existing.get("complete"):
-                return None
-            _verify_shards(root, existing)
-            _clean(root, keep={e["file"] for e in existing["shards"]} | {disk.MANIFEST})
-            done = existing["shards"][-1]["examples"][1] if existing["shards"] else 0
-            log.info("resuming the store at %s from example %d (%d shards)", root, done, len(existing["shards"]))
-            resumed = {**manifest, "shards": existing["shards"]}
-            disk.write_manifest(root, resumed)
-            return resumed, done
-        log.warning("overwriting the store at %s%s", root, f" (different {', '.join(differ)})" if differ else "")
-    _clean(root, keep=set())
-    disk.write_manifest(root, manifest)
-    return manifest, 0
-
-
-def _verify_shards(root: Path, manifest: dict[str, Any]) -> None:
-    for entry in manifest["shards"]:
-        path = root / entry["file"]
-        if not path.is_file() or disk.sha256_file(path) != entry["sha256"]:
-            raise ProbekitError(
-                f"shard {entry['file']} of the store at {root} is missing or corrupt; "
-                "pass overwrite=True (--overwrite) to cache from scratch"
-            )
-
-
-def _clean(root: Path, keep: set[str]) -> None:
-    """Delete this module's files in ``root`` (shards, temp files, manifest) except ``keep``."""
-    for p in root.iterdir():
-        if disk.is_store_file(p.name) and p.name not in keep:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()

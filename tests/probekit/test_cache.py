@@ -159,6 +159,20 @@ def test_bad_arguments_are_one_line_errors(tiny_model, kwargs, match):
     assert "\n" not in str(e.value)
 
 
+def test_task_outside_the_models_vocabulary(tiny_model):
+    with pytest.raises(ProbekitError, match="token ids up to .* vocabulary has 7"):
+        pk.cache_activations(tiny_model, pk.tasks.get("induction"), n=2)
+
+
+def test_half_precision_store(tiny_model, tmp_path):
+    task = pk.tasks.get("parens")
+    half = pk.cache_activations(tiny_model, task, ["L1"], n=4, out=tmp_path / "a", dtype="float16")
+    full = pk.cache_activations(tiny_model, task, ["L1"], n=4)
+    assert half.manifest["dtypes"] == {"blocks.1.hook_resid_post": "float16"}
+    assert half.layer("L1").dtype == torch.float16
+    assert torch.equal(half.layer("L1"), full.layer("L1").half())
+
+
 def test_parse_bytes():
     assert parse_bytes("256MB") == 256 * 10**6
     assert parse_bytes("1.5GiB") == int(1.5 * 2**30)
@@ -189,7 +203,7 @@ def test_budget_bounds_shards_and_batches(tiny_model, tmp_path):
 # -- resume and reuse ------------------------------------------------------------------------------
 
 _MODEL = "pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, n_ctx=64, d_vocab=task.d_vocab, seed=5))"
-_ARGS = dict(hooks=["resid_post", "z"], n=40, batch_size=4, shard_rows=200)
+_ARGS = dict(hooks=["resid_post", "z"], n=24, batch_size=4, shard_rows=200)  # 6 shards of 4 sequences
 
 _KILL_CHILD = """
 import os, sys, time
@@ -258,7 +272,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, mode):
     model = eval(_MODEL)
     resumed = pk.cache_activations(model, task, out=out, **_ARGS)
     whole = pk.cache_activations(model, task, **{k: v for k, v in _ARGS.items() if k != "shard_rows"})
-    assert len(resumed) == len(whole) == 40 * 49
+    assert len(resumed) == len(whole) == 24 * 49
     pairs = resumed.example_id * 1000 + resumed.position
     assert len(set(pairs.tolist())) == len(resumed)  # no duplicates
     for h in whole.hooks:
@@ -307,7 +321,7 @@ def test_corrupt_shard_refuses_resume(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(ProbekitError, match="shard-00001.safetensors .* corrupt"):
         pk.cache_activations(model, task, out=out, **_ARGS)
-    assert len(pk.cache_activations(model, task, out=out, overwrite=True, **_ARGS)) == 40 * 49
+    assert len(pk.cache_activations(model, task, out=out, overwrite=True, **_ARGS)) == 24 * 49
 
 
 def test_refuses_a_directory_that_is_not_a_store(tmp_path):
