@@ -73,7 +73,11 @@ def sk_per_layer(X, y, tr, te, make, targets=None, layers=None):
     return np.array(accs)
 
 
-def run(device: str, scale: float, sk_targets: int, max_iter: int, sk_layers: int | None = None) -> list[tuple]:
+WORKLOADS = ("A-fixed", "A-cv", "A-ridge", "B")
+
+
+def run(device: str, scale: float, sk_targets: int, max_iter: int, sk_layers: int | None = None,
+        only: tuple[str, ...] = WORKLOADS) -> list[tuple]:
     rows = []
     warnings.simplefilter("ignore", ConvergenceWarning)
     # -- A: 13 x 8k x 768, 5 classes --------------------------------------------
@@ -91,11 +95,27 @@ def run(device: str, scale: float, sk_targets: int, max_iter: int, sk_layers: in
                      device)
 
     ours(ProbeConfig(C=1.0, device=device, max_iter=5))  # warm-up (CUDA context, kernels)
+    if "A-fixed" in only:
+        _a_fixed(rows, ours, Xn, yn, tr, te, la, f, note, n, max_iter, device)
+    if "A-cv" in only:
+        _a_cv(rows, ours, Xn, yn, tr, te, la, f, note, max_iter, device)
+    if "A-ridge" in only:
+        _a_ridge(rows, ours, Xn, y, n, tr, te, la, f, note, device)
+    del X, Xn, Xd
+    if "B" in only:
+        rows.append(_b(device, scale, sk_targets, max_iter))
+    return rows
+
+
+def _a_fixed(rows, ours, Xn, yn, tr, te, la, f, note, n, max_iter, device):
     acc, t_ours = ours(ProbeConfig(C=1.0, device=device, max_iter=max_iter))
     ref, t_sk = timed(lambda: sk_per_layer(Xn, yn, tr, te, lambda: LogisticRegression(C=1.0, max_iter=max_iter),
                                            layers=la), "cpu")
     rows.append((f"A logistic, C=1 (13 x {n} x 768, 5 classes){note}", t_sk * f, t_ours, np.abs(acc[la] - ref).max() * 100))
 
+
+
+def _a_cv(rows, ours, Xn, yn, tr, te, la, f, note, max_iter, device):
     Cs = (0.01, 0.1, 1.0, 10.0)
     acc, t_ours = ours(ProbeConfig(Cs=Cs, cv=3, device=device, max_iter=max_iter))
     ref, t_sk = timed(lambda: sk_per_layer(Xn, yn, tr, te, lambda: LogisticRegressionCV(
@@ -103,12 +123,16 @@ def run(device: str, scale: float, sk_targets: int, max_iter: int, sk_layers: in
         max_iter=max_iter), layers=la), "cpu")
     rows.append((f"A logistic, CV 3 folds x {len(Cs)} Cs{note}", t_sk * f, t_ours, np.abs(acc[la] - ref).max() * 100))
 
+
+
+def _a_ridge(rows, ours, Xn, y, n, tr, te, la, f, note, device):
     yr = (y.float() + 0.5 * torch.randn(n, generator=torch.Generator().manual_seed(1)))
     acc, t_ours = ours(ProbeConfig(kind="ridge", C=0.01, device=device), yr)
     ref, t_sk = timed(lambda: sk_per_layer(Xn, yr.numpy(), tr, te, lambda: Ridge(alpha=100.0), layers=la), "cpu")
     rows.append((f"A ridge, alpha=100 (R² x 100){note}", t_sk * f, t_ours, np.abs(acc[la] - ref).max() * 100))
-    del X, Xn, Xd
 
+
+def _b(device, scale, sk_targets, max_iter):
     # -- B: 9 x 64 targets x 10k x 512, binary ------------------------------------
     n = int(10000 * scale)
     X, Y = planted(9, n, 512, 2, targets=64)
@@ -120,9 +144,8 @@ def run(device: str, scale: float, sk_targets: int, max_iter: int, sk_layers: in
     ref, t_sk = timed(lambda: sk_per_layer(X.numpy(), Y.numpy(), tr, te,
                                            lambda: LogisticRegression(C=1.0, max_iter=max_iter), targets=picked), "cpu")
     t_sk_all = t_sk * 64 / len(picked)
-    rows.append((f"B logistic, 64 binary targets (9 x {n} x 512); sklearn timed on {len(picked)} targets x 64/{len(picked)}",
-                 t_sk_all, t_ours, np.abs(acc[:, picked] - ref).max() * 100))
-    return rows
+    return (f"B logistic, 64 binary targets (9 x {n} x 512); sklearn timed on {len(picked)} targets x 64/{len(picked)}",
+            t_sk_all, t_ours, np.abs(acc[:, picked] - ref).max() * 100)
 
 
 def main() -> None:
@@ -134,6 +157,7 @@ def main() -> None:
     ap.add_argument("--sk-layers", type=int, default=None,
                     help="layers fitted by scikit-learn in A, time scaled to 13 [all on CPU; 2 with --device cuda, "
                          "so the run fits gpu_check.sh's 200 s]")
+    ap.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {', '.join(WORKLOADS)}")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -141,7 +165,11 @@ def main() -> None:
     if args.sk_layers is None and args.device.startswith("cuda"):
         args.sk_layers = 2
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    rows = run(args.device, args.scale, args.sk_targets, args.max_iter, args.sk_layers)
+    only = tuple(w.strip() for w in args.only.split(",") if w.strip())
+    bad = set(only) - set(WORKLOADS)
+    if bad:
+        ap.error(f"unknown workloads {sorted(bad)}; choose from {', '.join(WORKLOADS)}")
+    rows = run(args.device, args.scale, args.sk_targets, args.max_iter, args.sk_layers, only)
     print(f"\nprobe sweeps on {args.device} ({dev}); scikit-learn on CPU; scale {args.scale}\n")
     print("| workload | scikit-learn s | probes s | speed-up | max acc diff (points) |")
     print("|---|---|---|---|---|")

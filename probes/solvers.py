@@ -127,8 +127,16 @@ def fit_logistic(
     W = torch.zeros(L, G, n_out, d, device=dev, dtype=dt)
     b = torch.zeros(L, G, n_out, device=dev, dtype=dt)
 
-    def f(W, b):
-        return _logistic_loss_grad(X, Y, W, b, weights, inv_Cn, mode, chunk)
+    def f(W, b, layers: Tensor | None = None):
+        """Loss and gradient; with ``layers`` (bool ``[L]``) only those layers are evaluated (others 0),
+        so problems that have converged stop costing anything."""
+        if layers is None or bool(layers.all()):
+            return _logistic_loss_grad(X, Y, W, b, weights, inv_Cn, mode, chunk)
+        loss, gW, gb = torch.zeros(L, G, device=dev, dtype=dt), torch.zeros_like(W), torch.zeros_like(b)
+        for i in layers.nonzero().flatten().tolist():  # X[i:i+1] is a view: no copy
+            loss[i : i + 1], gW[i : i + 1], gb[i : i + 1] = _logistic_loss_grad(
+                X[i : i + 1], Y, W[i : i + 1], b[i : i + 1], weights, inv_Cn[i : i + 1], mode, chunk)
+        return loss, gW, gb
 
     def flat(gW, gb):
         return torch.cat([gW.reshape(L, G, -1), gb], -1)  # [L, G, p]
@@ -175,7 +183,7 @@ def fit_logistic(
         new_theta, new_loss, new_g = theta, loss, g
         for _ in range(30):
             trial = theta + t[..., None] * direction
-            tl, tgW, tgb = f(*unflat(trial))
+            tl, tgW, tgb = f(*unflat(trial), layers=(~accepted).any(1))
             ok = (~accepted) & (tl <= loss + 1e-4 * t * slope)
             new_theta = torch.where(ok[..., None], trial, new_theta)
             new_loss = torch.where(ok, tl, new_loss)

@@ -115,7 +115,7 @@ def fit_ridge_store(
     if F == 0:
         coef, icpt = fit_ridge_fixed(stats, torch.full((L,), 1.0 / config.C, device=dev, dtype=dt))
         return BatchedFit(coef=coef[:, 0], intercept=icpt[:, 0], mean=mu, scale=sd,
-                          C=torch.full((L, O), config.C), classes=None, mode="ridge")
+                          C=torch.full((L, O), config.C, dtype=torch.float64), classes=None, mode="ridge")
     Cs = torch.tensor(config.Cs, device=dev, dtype=dt)
     coef, icpt = fit_ridge(stats, 1.0 / Cs)  # [L, G, A, d, O]
     scores = torch.zeros(L, len(Cs), O, device=dev, dtype=dt)
@@ -131,5 +131,5 @@ def fit_ridge_store(
     best = scores.argmax(1)  # [L, O]
     W = coef[:, F].gather(1, best[:, None, None, :].expand(-1, 1, coef.shape[3], -1))[:, 0]
     b = icpt[:, F].gather(1, best[:, None, :])[:, 0]
-    return BatchedFit(coef=W, intercept=b, mean=mu, scale=sd, C=torch.tensor(config.Cs)[best.cpu()],
+    return BatchedFit(coef=W, intercept=b, mean=mu, scale=sd, C=torch.tensor(config.Cs, dtype=torch.float64)[best.cpu()],
                       classes=None, mode="ridge", cv_scores=scores)

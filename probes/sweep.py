@@ -34,6 +34,9 @@ from probes.trainer import BatchedProbeTrainer, ProbeConfig, check_stack, encode
 
 log = logging.getLogger(__name__)
 
+#: the regularisation grid a sweep cross-validates over by default
+SWEEP_CS: tuple[float, ...] = (0.01, 0.1, 1.0)
+
 
 @dataclass
 class SweepResult:
@@ -88,6 +91,22 @@ class SweepResult:
         p = Path(path)
         p.write_text(json.dumps(self.to_dict(), indent=2))
         return p
+
+    def summary(self) -> dict[str, str]:
+        """A few headline numbers for a report: best layer, its score, control and selectivity."""
+        i = self.layers.index(self.best_layer())
+        out = {"best layer": self.layers[i],
+               self.metric: f"{self.score[i]:.3f} [{self.ci_low[i]:.3f}, {self.ci_high[i]:.3f}]"}
+        if self.metric == "accuracy":
+            out["majority class"] = f"{self.chance:.3f}"
+        if self.control_score is not None:
+            out["control"] = f"{self.control_score[i]:.3f}"
+            out["selectivity"] = f"{self.selectivity[i]:.3f}"
+        if self.untrained_score is not None:
+            out["untrained model"] = f"{self.untrained_score[i]:.3f}"
+        if self.erased_score is not None:
+            out["after LEACE"] = f"{self.erased_score[i]:.3f}"
+        return out
 
     def best_layer(self) -> str:
         """The layer with the highest selectivity (or score, without a control)."""
@@ -144,6 +163,7 @@ def sweep(
     config: ProbeConfig | None = None,
     test_fraction: float = 0.2,
     n_boot: int = 1000,
+    cv_rows: int | None = 4000,
     seed: int = 0,
     progress: bool = False,
 ) -> SweepResult:
@@ -162,9 +182,12 @@ def sweep(
         causal: amnesic check (Elazar et al. 2021) at the best layer (needs the model).
         model: the model the store came from (overrides the manifest's source).
         config: probe settings (default: logistic for classification labels,
-            ridge for regression, C by 3-fold cross-validation).
+            ridge for regression, C by 3-fold cross-validation over ``SWEEP_CS``).
         test_fraction: fraction of examples held out for scoring.
         n_boot: bootstrap resamples.
+        cv_rows: choose C by cross-validation on at most this many training rows
+            (a random subset), then refit every layer on all of them with its C;
+            ``None`` cross-validates on all rows.
         seed: seed of the split, the control task and the bootstrap.
         progress: show a progress bar.
 
@@ -174,7 +197,7 @@ def sweep(
     """
     values, defined = store.label(label)
     kind_of = store.label_kinds.get(label, "classification")
-    config = config or ProbeConfig(kind="logistic" if kind_of == "classification" else "ridge")
+    config = config or ProbeConfig(kind="logistic" if kind_of == "classification" else "ridge", Cs=SWEEP_CS)
     if kind_of == "regression" and config.kind == "logistic":
         raise ProbekitError(f"label {label!r} is a regression target; use kind='ridge'")
     layers = layers or store.layers()
@@ -192,7 +215,11 @@ def sweep(
     steps = 1 + control + (mdl and config.kind == "logistic") + erasure + (baselines and _has_model(store, model))
     bar = tqdm(total=steps, disable=not progress, desc=f"sweep {label}")
 
-    fit = trainer.fit(X[:, tr], y[tr])
+    if config.C is None and config.kind == "logistic" and cv_rows is not None and len(tr) > cv_rows:
+        sub = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed))[:cv_rows]]
+        fit = trainer.fit(X[:, tr], y[tr], C=trainer.fit(X[:, sub], y[sub]).C[:, 0])
+    else:
+        fit = trainer.fit(X[:, tr], y[tr])
     score = fit.score(X[:, te], y[te]).cpu()
     metric = "accuracy" if config.kind == "logistic" else "r2"
     y_te = encode(y[te], fit.classes) if fit.classes is not None else y[te].float()

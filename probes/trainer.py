@@ -227,6 +227,12 @@ class BatchedProbeTrainer:
         return BatchedFit(coef=coef, intercept=icpt, mean=mean, scale=scale, C=Csel, classes=classes,
                           mode=mode, cv_scores=cv_scores, n_iter=n_iter)
 
+    def _chosen(self, Cs, L: int, n_out: int) -> Tensor:
+        """``[layer, out]`` the fixed C of each layer, in float64 as given."""
+        if self._layer_C is not None:
+            return self._layer_C[:, None].expand(L, n_out).clone()
+        return torch.full((L, n_out), Cs[0], dtype=torch.float64)
+
     # -- logistic --------------------------------------------------------------
     def _fit_logistic(self, Xs, y, masks, Cs, splits, dev, dt, cfg):
         L = Xs.shape[0]
@@ -254,7 +260,7 @@ class BatchedProbeTrainer:
         b = fit.intercept.view(L, F + 1, A, -1)
         n_iter = fit.n_iter.view(L, F + 1, A).amax((1, 2))
         if F == 0:
-            return W[:, 0, 0], b[:, 0, 0], C[:, :1].cpu().float().expand(L, n_out), None, n_iter, classes, mode
+            return W[:, 0, 0], b[:, 0, 0], self._chosen(Cs, L, n_out), None, n_iter, classes, mode
         scores = torch.zeros(L, A, n_out if mode == "sigmoid" else 1, device=dev, dtype=dt)
         for f, (_, te) in enumerate(splits):
             te = torch.as_tensor(te, device=dev)
@@ -273,7 +279,7 @@ class BatchedProbeTrainer:
             full_W, full_b = W[:, F], b[:, F]  # [L, A, d, out], [L, A, out]
             coef = full_W.gather(1, best[:, None, None, :].expand(-1, 1, full_W.shape[2], -1))[:, 0]
             icpt = full_b.gather(1, best[:, None, :])[:, 0]
-        Csel = torch.tensor(Cs)[best.cpu()]
+        Csel = torch.tensor(Cs, dtype=torch.float64)[best.cpu()]
         return coef, icpt, Csel, scores, n_iter, classes, mode
 
     # -- ridge -----------------------------------------------------------------
@@ -285,7 +291,7 @@ class BatchedProbeTrainer:
         if F == 0:  # one alpha per layer: a direct solve
             Cl = self._layer_C.to(dev, dt) if self._layer_C is not None else torch.full((L,), Cs[0], device=dev, dtype=dt)
             coef, icpt = fit_ridge_fixed(stats, 1.0 / Cl)
-            return coef[:, 0], icpt[:, 0], Cl[:, None].cpu().float().expand(L, O), None, None, None, "ridge"
+            return coef[:, 0], icpt[:, 0], self._chosen(Cs, L, O), None, None, None, "ridge"
         alphas = 1.0 / torch.tensor(Cs, device=dev, dtype=dt)
         coef, icpt = fit_ridge(stats, alphas)  # [L, G, A, d, O], [L, G, A, O]
         scores = torch.zeros(L, len(Cs), O, device=dev, dtype=dt)
@@ -301,7 +307,7 @@ class BatchedProbeTrainer:
         full_W, full_b = coef[:, F], icpt[:, F]
         W = full_W.gather(1, best[:, None, None, :].expand(-1, 1, full_W.shape[2], -1))[:, 0]
         b = full_b.gather(1, best[:, None, :])[:, 0]
-        return W, b, torch.tensor(Cs)[best.cpu()], scores, None, None, "ridge"
+        return W, b, torch.tensor(Cs, dtype=torch.float64)[best.cpu()], scores, None, None, "ridge"
 
 
 def check_stack(X) -> Tensor:

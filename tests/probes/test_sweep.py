@@ -88,3 +88,16 @@ def test_regression_sweep_reports_r2_and_leace_removes_it():
     assert res.score[1] > 0.98 and res.score[0] < 0.05
     assert res.selectivity[1] > 0.9
     assert all(abs(e) <= 0.01 for e in res.erased_score)
+
+
+def test_cv_on_a_row_subset_then_refit(parens_store):
+    full = probes.sweep(parens_store, "top", control=False, mdl=False, erasure=False, n_boot=10, cv_rows=None,
+                        config=probes.ProbeConfig(Cs=(0.1, 1.0), cv=2))
+    sub = probes.sweep(parens_store, "top", control=False, mdl=False, erasure=False, n_boot=10, cv_rows=200,
+                       config=probes.ProbeConfig(Cs=(0.1, 1.0), cv=2))
+    assert sub.n_train == full.n_train and all(c in (0.1, 1.0) for c in sub.C)
+    # where both chose the same C, the refit on every training row is the same probe
+    for i, (a, b) in enumerate(zip(full.C, sub.C)):
+        if a == pytest.approx(b):
+            assert sub.score[i] == pytest.approx(full.score[i], abs=1e-6)
+    assert set(sub.summary()) >= {"best layer", "accuracy", "majority class"}
