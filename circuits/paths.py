@@ -31,7 +31,7 @@ from torch import Tensor
 
 from circuits._engine import Engine, check_tokens, eval_mode
 from circuits.ablation import parse_node
-from circuits.patching import Direction, check_direction, evaluator, pos_labels  # noqa: F401
+from circuits.patching import Direction, check_direction, evaluator
 from circuits.result import PatchResult
 from probekit.errors import ProbekitError, unknown
 
