@@ -123,12 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         for row in bench_sweeps("6 layers, d 256, 64 tokens, batch 8", big, args.device, list(SWEEPS),
                                 sample=args.sample or None):
             print(row, flush=True)
-    print("\nAttribution patching (2 forward + 1 backward) vs exact batched patching, "
-          "6 layers, d 256, 64 tokens, batch 8:\n" if not args.quick else "\nAttribution patching, small model:\n")
-    print("| target | exact (probekit) s | attribution s | speed-up | Pearson r with exact |")
-    print("| --- | --- | --- | --- | --- |")
-    for row in bench_attribution(small if args.quick else big, args.device):
-        print(row, flush=True)
+    print("\nAttribution patching (2 forward + 1 backward) vs exact batched patching:\n")
+    print("| model | target | exact (probekit) s | attribution s | speed-up | Pearson r with exact |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    mid = dict(n_layers=4, d_model=128, n_heads=4, pos=32, batch=8)
+    for label, shape in [("2 layers, d 64, 20 tokens", small)] + ([] if args.quick else [("4 layers, d 128, 32 tokens", mid)]):
+        for row in bench_attribution(shape, args.device):
+            print(f"| {label} {row}", flush=True)
 
 
 if __name__ == "__main__":
