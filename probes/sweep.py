@@ -163,7 +163,7 @@ def sweep(
     config: ProbeConfig | None = None,
     test_fraction: float = 0.2,
     n_boot: int = 1000,
-    cv_rows: int | None = 4000,
+    cv_rows: int | None = 2000,
     seed: int = 0,
     progress: bool = False,
 ) -> SweepResult:
