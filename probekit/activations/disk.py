@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from probekit.errors import ProbekitError
@@ -130,14 +129,50 @@ def write_shard(root: Path, index: int, tensors: dict[str, Tensor]) -> dict[str,
     """
     name = shard_name(index)
     tmp = root / (name + TMP_SUFFIX)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
+    digest = write_safetensors(tmp, tensors, metadata={"format": FORMAT})
     os.replace(tmp, root / name)
     _fsync_dir(root)
     return {"file": name, "rows": int(next(iter(tensors.values())).shape[0]), "sha256": digest}
 
+
+def write_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` as a safetensors file, fsync it, and return its sha256.
+
+    The format (an 8-byte little-endian header length, a JSON header of
+    dtypes, shapes and byte offsets padded to 8 bytes, then the raw
+    little-endian data) is written here rather than by ``safetensors.torch.save_file``
+    so that the checksum is computed from the buffers as they are written (one
+    pass over the data, no re-read), and so that the GIL is released during the
+    writes: the caching loop keeps running while a shard is written. Readers
+    use safetensors' own ``safe_open``.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    views, offset = [], 0
+    for key, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+        header[key] = {"dtype": _ST_CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + raw.numel()]}
+        views.append(raw.numpy())
+        offset += raw.numel()
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    prefix = len(head).to_bytes(8, "little") + head
+    h = hashlib.sha256(prefix)
+    with open(path, "wb") as f:
+        f.write(prefix)
+        for v in views:
+            f.write(memoryview(v))
+            h.update(memoryview(v))
+        f.flush()
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+# safetensors' dtype codes
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+_ST_CODES = {v: k for k, v in _ST_DTYPES.items()}
 
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
@@ -270,10 +305,6 @@ def _read_into(path: Path, offset: int, out: memoryview) -> None:
             done += got
 
 
-# safetensors' dtype codes
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
 
 
 def expected_columns(manifest: dict[str, Any]) -> dict[str, tuple[list[int], torch.dtype]]:

@@ -213,15 +213,16 @@ out, mode = sys.argv[1], sys.argv[2]
 task = pk.tasks.get("parens")
 model = {model}
 calls = [0]
-real_save, real_manifest = disk.save_file, disk.write_manifest
+real_write, real_manifest = disk.write_safetensors, disk.write_manifest
 
-def save_half_then_hang(tensors, filename, metadata=None):
+def write_half_then_hang(path, tensors, metadata=None):
     calls[0] += 1
-    real_save(tensors, filename, metadata=metadata)
+    digest = real_write(path, tensors, metadata=metadata)
     if calls[0] == 3:  # the third shard: leave it half written, then wait for the kill
-        os.truncate(filename, os.path.getsize(filename) // 2)
+        os.truncate(path, os.path.getsize(path) // 2)
         print("ready", flush=True)
         time.sleep(600)
+    return digest
 
 def manifest_then_hang(root, manifest):
     calls[0] += 1
@@ -231,7 +232,7 @@ def manifest_then_hang(root, manifest):
     real_manifest(root, manifest)
 
 if mode == "mid-write":
-    disk.save_file = save_half_then_hang
+    disk.write_safetensors = write_half_then_hang
 else:
     disk.write_manifest = manifest_then_hang
 pk.cache_activations(model, task, out=out, **{args})
