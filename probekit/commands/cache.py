@@ -23,11 +23,13 @@ def parse_positions(value: str | None):
 
 
 def register(app: typer.Typer) -> None:
+    from probekit import tasks
+
     @app.command("cache")
     def cache_cmd(
         model: Path = typer.Option(..., "--model", help="run directory (probekit train) or local Hugging Face checkpoint"),
         out: Path = typer.Option(..., "--out", help="store directory to write (resumed if interrupted)"),
-        task: Optional[str] = typer.Option(None, "--task", help="built-in task (see `probekit tasks`)"),
+        task: Optional[str] = typer.Option(None, "--task", help=f"built-in task: {', '.join(tasks.names())}"),
         data: Optional[Path] = typer.Option(None, "--data", help="the user's labelled texts (.jsonl or .csv)"),
         hooks: str = typer.Option("resid_post", "--hooks",
                                   help="comma-separated hook kinds or names: resid_post (embed + every block), "
@@ -40,7 +42,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="data seed"),
         split: str = typer.Option("test", "--split", help="train or test data of the task"),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="store activations as float32, float16 or bfloat16"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="replace a store made from another model or data"),
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="discard any store at --out and cache from scratch (needed to replace "
+                                            "a store made from another model or data)"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
     ) -> None:
         """Cache activations of a model over a task or data file into a sharded on-disk store."""
