@@ -115,10 +115,12 @@ class Engine:
         return max(1, int(self.memory_mb * 2**20 // (per_row * B)))
 
     # --- execution ----------------------------------------------------------
-    def _suffix(self, start: int, x: Tensor) -> Tensor:
+    def _suffix(self, start: int, x: Tensor, out_pos: int | None = None) -> Tensor:
         m = self.model
         for block in m.blocks[start:]:
             x = _unpack(block(x))
+        if out_pos is not None:
+            x = x[:, out_pos : out_pos + 1]
         return m.unembed(m.ln_final(x))
 
     def _check_suffix(self) -> bool:
@@ -131,7 +133,8 @@ class Engine:
         scale = float(self.logits.abs().max()) + 1.0
         return out.shape == self.logits.shape and float((out - self.logits).abs().max()) <= 1e-5 * scale
 
-    def run(self, start: int, K: int, edits: Sequence[tuple[str, Edit]], resid_edit: Edit | None = None) -> Tensor:
+    def run(self, start: int, K: int, edits: Sequence[tuple[str, Edit]], resid_edit: Edit | None = None,
+            out_pos: int | None = None) -> Tensor:
         """Logits ``[K, batch, pos, d_vocab]`` of ``K`` copies of the base run with edits applied.
 
         Args:
@@ -139,6 +142,7 @@ class Engine:
             K: number of stacked copies.
             edits: ``(hook name, fn)``; ``fn`` edits the hook's activation viewed ``[K, batch, ...]`` in place.
             resid_edit: an edit of the residual entering block ``start`` (``[K, batch, pos, d_model]``).
+            out_pos: unembed this position only (the logits are then ``[K, batch, 1, d_vocab]``).
         """
         B = self.tokens.shape[0]
 
@@ -157,11 +161,13 @@ class Engine:
             if resid_edit is not None:
                 resid_edit(x)
             with m.hooks(fwd_hooks=hooks):
-                out = self._suffix(start, x.view(K * B, *x.shape[2:]))
+                out = self._suffix(start, x.view(K * B, *x.shape[2:]), out_pos)
         else:
             if resid_edit is not None:
                 hooks.append((f"blocks.{start}.hook_resid_pre", wrap(resid_edit)))
             out = m.run_with_hooks(self.tokens.repeat(K, 1), fwd_hooks=hooks)
+            if out_pos is not None:
+                out = out[:, out_pos : out_pos + 1]
         return out.view(K, B, *out.shape[1:])
 
 

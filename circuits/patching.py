@@ -36,6 +36,7 @@ from circuits._engine import Engine, check_tokens, chunks, eval_mode
 from circuits._fast import POINTS, FastSuffix
 from circuits.result import PatchResult, bootstrap_ci
 from probekit.errors import ProbekitError, unknown
+from probekit.metrics import Metric
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +70,61 @@ def axis_labels(model, tokens: Tensor, axes: tuple[str, ...], sizes: tuple[int, 
     return out
 
 
-def evaluator(metric: Callable[[Tensor], Tensor], batch: int, per_example: bool) -> Callable[[Tensor], Tensor]:
-    """Wrap a metric: check it returns a scalar (or ``[batch]`` with ``per_example``)."""
+class Evaluator:
+    """A metric checked and evaluated on one batch of logits, or on ``K`` stacked copies at once.
 
-    def ev(logits: Tensor) -> Tensor:
-        out = torch.as_tensor(metric(logits))
-        if per_example:
-            if out.ndim != 1 or out.shape[0] != batch:
-                raise ProbekitError(
-                    f"with per_example=True the metric must return one value per example ([{batch}]), got shape {tuple(out.shape)}"
-                )
-        elif out.ndim != 0:
-            raise ProbekitError(
-                f"the metric must return a scalar, got shape {tuple(out.shape)}; use per_example=True for [batch] metrics"
-            )
+    A :class:`probekit.metrics.Metric` takes the copies in one call and says which position it reads
+    (:meth:`reads_one_position`); any other function of the logits is called once per copy.
+    """
+
+    def __init__(self, metric: Callable[[Tensor], Tensor], batch: int, per_example: bool):
+        self.metric, self.batch, self.per_example = metric, batch, per_example
+        self.stacked = isinstance(metric, Metric)
+
+    def _checked(self, out, lead: tuple[int, ...] = ()) -> Tensor:
+        out = torch.as_tensor(out)
+        if self.per_example:
+            if tuple(out.shape) != (*lead, self.batch):
+                raise ProbekitError(f"with per_example=True the metric must return one value per example "
+                                    f"([{self.batch}]), got shape {tuple(out.shape[len(lead):])}")
+        elif tuple(out.shape) != lead:
+            raise ProbekitError(f"the metric must return a scalar, got shape {tuple(out.shape[len(lead):])}; "
+                                "use per_example=True for [batch] metrics")
         return out.detach().float()
 
-    return ev
+    def __call__(self, logits: Tensor) -> Tensor:
+        """The metric of logits ``[batch, pos, d_vocab]``: a scalar, or ``[batch]`` with ``per_example``."""
+        return self._checked(self.metric(logits))
+
+    def many(self, logits: Tensor) -> Tensor:
+        """The metric of each of ``K`` copies, logits ``[K, batch, pos, d_vocab]``: ``[K]`` or ``[K, batch]``."""
+        if self.stacked:
+            return self._checked(self.metric(logits), (logits.shape[0],))
+        return torch.stack([self(lg) for lg in logits])
+
+    def reads_one_position(self, logits: Tensor) -> int | None:
+        """The position a :class:`~probekit.metrics.Metric` declares it reads (non-negative), once ``logits`` show
+        it: the metric of ``logits`` equals that of their row at that position copied to every position, and its
+        stacked form agrees. ``None`` for other metrics or a declaration the logits contradict."""
+        if not self.stacked:
+            return None
+        T = logits.shape[1]
+        P = int(self.metric.pos)
+        if not -T <= P < T:
+            raise ProbekitError(f"the metric reads position {P}, outside the {T} positions of the input")
+        P %= T
+        full = self(logits)
+        if not (torch.equal(self(logits[:, P : P + 1].expand_as(logits)), full)
+                and torch.allclose(self.many(logits[None])[0], full, rtol=1e-6, atol=1e-6)):
+            log.warning("metric %r does not behave as a Metric reading position %d; computing every position",
+                        self.metric.name, P)
+            return None
+        return P
+
+
+def evaluator(metric: Callable[[Tensor], Tensor], batch: int, per_example: bool) -> Evaluator:
+    """Wrap a metric: check it returns a scalar (or ``[batch]`` with ``per_example``)."""
+    return Evaluator(metric, batch, per_example)
 
 
 def check_direction(direction: str) -> None:
@@ -101,11 +140,15 @@ def check_target_available(model, target: _targets.Target) -> None:
 
 
 def run_pair(model, base: Tensor, src: Tensor, names: set[str]):
-    """Logits and caches of the base and source runs, holding only ``names``."""
-    flt = lambda n: n in names  # noqa: E731
-    base_logits, base_cache = model.run_with_cache(base, names_filter=flt)
-    src_logits, src_cache = model.run_with_cache(src, names_filter=flt)
-    return base_logits, base_cache, src_logits, src_cache
+    """Logits and caches (hook name -> tensor) of the base and source runs, holding only ``names``.
+
+    Both run in one forward, stacked along the batch (examples never interact).
+    """
+    B = base.shape[0]
+    logits, cache = model.run_with_cache(torch.cat([base, src]), names_filter=lambda n: n in names)
+    base_cache = {n: cache[n][:B] for n in names}
+    src_cache = {n: cache[n][B:] for n in names}
+    return logits[:B], base_cache, logits[B:], src_cache
 
 
 def finish(values_pe: Tensor, per_example: bool, n_boot: int, seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
@@ -163,34 +206,37 @@ def patch(
         B, T = base.shape
         ev = evaluator(metric, B, per_example)
         base_v, src_v = ev(base_logits), ev(src_logits)
+        out_pos = ev.reads_one_position(base_logits)
         engine = Engine(model, base, [base_cache[f"blocks.{L}.hook_resid_pre"] for L in range(n_layers)],
                         base_logits, memory_mb)
-        src0 = src_cache[t.hook_name(0)]
-        rest_sizes = _rest_sizes(t, src0, T)
+        rest_sizes = _rest_sizes(t, src_cache[t.hook_name(0)], T)
         store = torch.zeros((n_layers, *rest_sizes, *((B,) if per_example else ())))
         K = engine.copies_per_chunk()
         indices = list(itertools.product(*(range(n) for n in rest_sizes)))
         bar = tqdm(total=n_layers * len(indices), desc=f"patch {t.name}", disable=not progress)
         fast = None
         if t.setter in ("pos", "pos_head") and t.kind in POINTS and fast_path:
-            fast = FastSuffix(model, engine.resid, base_logits, base_cache[f"blocks.{n_layers - 1}.hook_resid_post"])
+            fast = FastSuffix(model, engine.resid, base_logits, base_cache[f"blocks.{n_layers - 1}.hook_resid_post"],
+                              out_pos)
             fast = fast if fast.ok else None
         for L in range(n_layers):
-            if fast is not None:
-                _fast_layer(fast, t, L, src_cache[t.hook_name(L)], indices, K, store, ev, bar)
-                continue
             src_act = src_cache[t.hook_name(L)]
+            if fast is not None:
+                _fast_layer(fast, t, src_act, base_cache[t.hook_name(L)], K, store[L], ev, base_v, L)
+                bar.update(len(indices))
+                continue
             for chunk in chunks(indices, K):
                 def edit(view: Tensor, chunk=chunk, src_act=src_act) -> None:
                     for k, idx in enumerate(chunk):
                         _targets.apply(t.setter, view[k], src_act, idx)
 
                 if t.kind == "resid_pre":
-                    logits = engine.run(L, len(chunk), [], resid_edit=edit)
+                    logits = engine.run(L, len(chunk), [], resid_edit=edit, out_pos=out_pos)
                 else:
-                    logits = engine.run(L, len(chunk), [(t.hook_name(L), edit)])
+                    logits = engine.run(L, len(chunk), [(t.hook_name(L), edit)], out_pos=out_pos)
+                vals = ev.many(logits.expand(-1, -1, T, -1)).cpu()
                 for k, idx in enumerate(chunk):
-                    store[(L, *idx)] = ev(logits[k]).cpu()
+                    store[(L, *idx)] = vals[k]
                 bar.update(len(chunk))
         bar.close()
     values, pe, lo, hi = finish(store, per_example, n_boot)
@@ -204,49 +250,47 @@ def patch(
     )
 
 
-#: merge patches at neighbouring positions into one forward until it has this many rows (amortizes overhead)
-ROWS_PER_FORWARD = 2048
+#: a fast-path forward takes patches until it holds this many rows (``copies * batch * positions recomputed``)
+ROWS_PER_FORWARD = 8192
 
 
-def _fast_layer(fast: FastSuffix, t: _targets.Target, L: int, src_act: Tensor, indices: list, K: int,
-                store: Tensor, ev, bar) -> None:
-    """All patches of layer ``L`` through the fast path, grouped by position (indices are sorted by position)."""
+def _fast_layer(fast: FastSuffix, t: _targets.Target, src_act: Tensor, base_act: Tensor, K: int, out: Tensor,
+                ev: Evaluator, base_v: Tensor, L: int) -> None:
+    """Every patch of block ``L`` through the fast path, into ``out`` (``[pos]`` or ``[pos, head]``, + batch).
+
+    A patch that cannot change the metric is not run: its value is the base run's. That is a patch whose
+    source equals the base activation there (clean and corrupt agree), one after the position the metric
+    reads, or — in the last block, after attention — one at any other position than it.
+    """
     B, T = src_act.shape[:2]
-    groups: list[list[tuple[int, ...]]] = []
-    cur: list[tuple[int, ...]] = []
-    for idx in indices:
-        if cur and (len(cur) >= K or (idx[0] != cur[-1][0] and len(cur) * B * (T - cur[0][0]) >= ROWS_PER_FORWARD)):
-            groups.append(cur)
-            cur = []
-        cur.append(idx)
-    if cur:
-        groups.append(cur)
-    for group in groups:
-        p0 = group[0][0]
-        if t.kind != "resid_pre":
-            # block L changes one row per copy: recompute only those rows there, later blocks from p0 on
-            ps = [idx[0] for idx in group]
-            rows = src_act[:, torch.tensor(ps, device=src_act.device)].transpose(0, 1)  # [K, batch, ...]
-
-            def edit_rows(view: Tensor, group=group, rows=rows) -> None:
-                for k, idx in enumerate(group):
-                    _targets.apply(t.setter, view[k], rows[k].unsqueeze(1), (0, *idx[1:]))
-
-            logits = fast.run_row(L, ps, t.kind, edit_rows)
-            for k, idx in enumerate(group):
-                store[(L, *idx)] = ev(logits[k]).cpu()
-            bar.update(len(group))
+    P = fast.out_pos
+    row_path = t.kind != "resid_pre"
+    by_head = t.setter == "pos_head"
+    # [pos] or [pos, head]: whether the patch is a no-op
+    same = (src_act == base_act).flatten(3 if by_head else 2).all(-1).all(0)
+    out[...] = base_v
+    todo = []
+    same_list = same.tolist()
+    for idx in itertools.product(*(range(n) for n in same.shape)):
+        p = idx[0]
+        if (same_list[p][idx[1]] if by_head else same_list[p]) or (P is not None and (p > P or (row_path and L == fast.n_layers - 1 and p != P))):
             continue
-        src = src_act[:, p0:]
-
-        def edit(view: Tensor, group=group, src=src, p0=p0) -> None:
-            for k, idx in enumerate(group):
-                _targets.apply(t.setter, view[k], src, (idx[0] - p0, *idx[1:]))
-
-        logits = fast.run(L, p0, len(group), t.kind, edit)
-        for k, idx in enumerate(group):
-            store[(L, *idx)] = ev(logits[k]).cpu()
-        bar.update(len(group))
+        todo.append(idx)
+    group: list[tuple[int, ...]] = []
+    for i, idx in enumerate(todo):
+        group.append(idx)
+        nxt = todo[i + 1] if i + 1 < len(todo) else None
+        if nxt is not None and len(group) < K and (len(group) + 1) * B * (T - group[0][0]) <= ROWS_PER_FORWARD:
+            continue
+        ps = [g[0] for g in group]
+        src = src_act[:, ps].transpose(0, 1)  # [copies, batch, ...]
+        if row_path:
+            logits = fast.patch_row(L, ps, t.kind, src, [g[1] for g in group] if by_head else None)
+        else:
+            logits = fast.patch_resid(L, ps, src)
+        vals = ev.many(logits.expand(-1, -1, T, -1)).cpu()
+        out[tuple(torch.tensor(c) for c in zip(*group))] = vals
+        group = []
 
 
 def _rest_sizes(t: _targets.Target, act0: Tensor, T: int) -> tuple[int, ...]:

@@ -6,6 +6,12 @@ one position (default the last, where :class:`~probekit.tasks.PatchingPairs`
 put their answers). :func:`make` builds one from the registry by name; any
 other function of the logits works too (TransformerLens' convention).
 
+The built-in metrics also take leading axes — logits ``[..., batch, pos,
+d_vocab]`` of stacked patched copies give ``[...]`` (or ``[..., batch]``) —
+and the :class:`Metric` that :func:`make` returns says which position it
+reads, so batched patching evaluates many copies in one call and computes
+the logits of that position only.
+
 Normalized forms map the corrupt run to 0 and the clean run to 1 (Wang et al.
 2022; Heimersheim & Nanda 2024, "How to use and interpret activation
 patching").
@@ -13,13 +19,14 @@ patching").
 Example:
     >>> logits = torch.randn(2, 5, 10)
     >>> m = make("logit-diff", answers=torch.tensor([1, 2]), wrong=torch.tensor([3, 4]))
-    >>> m(logits).shape
-    torch.Size([])
+    >>> m(logits).shape, m(torch.randn(7, 2, 5, 10)).shape, m.pos
+    (torch.Size([]), torch.Size([7]), -1)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,13 +36,42 @@ from torch import Tensor
 from probekit.errors import ProbekitError, unknown
 
 Reduce = Literal["mean", "none"]
-Metric = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of the logits that declares the one position it reads.
+
+    Calling it is calling ``fn``. ``fn`` must accept logits ``[..., batch,
+    pos, d_vocab]`` (leading axes: stacked copies) and depend on position
+    ``pos`` only; :func:`circuits.patch` relies on both (and checks the
+    second on the base run) to evaluate many patched copies at once and to
+    compute only that position's logits.
+
+    Args:
+        name: shown in results and reports.
+        fn: the metric.
+        pos: the position of the logits it reads (negative counts from the end).
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    pos: int = -1
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return self.fn(logits)
+
+    @property
+    def __name__(self) -> str:  # results name their metric by ``__name__``, as for plain functions
+        return self.name
 
 
 def _check_tokens(name: str, ids: Tensor, logits: Tensor) -> Tensor:
     ids = torch.as_tensor(ids, device=logits.device).long()
-    if ids.ndim != 1 or ids.shape[0] != logits.shape[0]:
-        raise ProbekitError(f"{name} must be one token id per example ({logits.shape[0]}), got shape {tuple(ids.shape)}")
+    if logits.ndim < 3:
+        raise ProbekitError(f"logits must be [batch, pos, d_vocab], got shape {tuple(logits.shape)}")
+    if ids.ndim != 1 or ids.shape[0] != logits.shape[-3]:
+        raise ProbekitError(f"{name} must be one token id per example ({logits.shape[-3]}), got shape {tuple(ids.shape)}")
     d_vocab = logits.shape[-1]
     bad = (ids < 0) | (ids >= d_vocab)
     if bad.any():
@@ -43,9 +79,15 @@ def _check_tokens(name: str, ids: Tensor, logits: Tensor) -> Tensor:
     return ids
 
 
+def _pick(last: Tensor, ids: Tensor) -> Tensor:
+    """``last[..., b, ids[b]]``: each example's entry of ``[..., batch, d_vocab]``."""
+    return last.gather(-1, ids.expand(last.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+
 def _reduce(values: Tensor, reduce: Reduce) -> Tensor:
+    """``values`` is ``[..., batch]``: the mean over the batch, or all of it."""
     if reduce == "mean":
-        return values.mean()
+        return values.mean(-1)
     if reduce == "none":
         return values
     raise unknown("reduce", str(reduce), ("mean", "none"))
@@ -62,9 +104,8 @@ def logit_diff(
     """Logit of the answer minus logit of the wrong answer at position ``pos``."""
     answers = _check_tokens("answers", answers, logits)
     wrong = _check_tokens("wrong", wrong, logits)
-    last = logits[:, pos, :]
-    idx = torch.arange(last.shape[0], device=last.device)
-    return _reduce(last[idx, answers] - last[idx, wrong], reduce)
+    last = logits[..., pos, :]
+    return _reduce(_pick(last, answers) - _pick(last, wrong), reduce)
 
 
 def logprob(
@@ -76,8 +117,7 @@ def logprob(
 ) -> Tensor:
     """Log-probability of the answer at position ``pos``."""
     answers = _check_tokens("answers", answers, logits)
-    lp = logits[:, pos, :].log_softmax(-1)
-    return _reduce(lp[torch.arange(lp.shape[0], device=lp.device), answers], reduce)
+    return _reduce(_pick(logits[..., pos, :].log_softmax(-1), answers), reduce)
 
 
 def prob(
@@ -99,12 +139,13 @@ def kl_to_clean(
     reduce: Reduce = "mean",
 ) -> Tensor:
     """KL(clean ‖ patched) of the next-token distributions at position ``pos`` (0 = clean)."""
-    if clean_logits.shape[0] != logits.shape[0] or clean_logits.shape[-1] != logits.shape[-1]:
+    if clean_logits.ndim != 3 or logits.ndim < 3 or clean_logits.shape[0] != logits.shape[-3] \
+            or clean_logits.shape[-1] != logits.shape[-1]:
         raise ProbekitError(
             f"clean logits of shape {tuple(clean_logits.shape)} do not match logits of shape {tuple(logits.shape)}"
         )
     p = clean_logits[:, pos, :].log_softmax(-1)
-    q = logits[:, pos, :].log_softmax(-1)
+    q = logits[..., pos, :].log_softmax(-1)
     return _reduce((p.exp() * (p - q)).sum(-1), reduce)
 
 
@@ -148,6 +189,9 @@ def make(
 ) -> Metric:
     """A metric by registry name, closed over its answers.
 
+    It accepts logits with leading axes (``[..., batch, pos, d_vocab]``) and
+    declares the position it reads (``.pos``).
+
     Args:
         name: one of :func:`names`.
         answers: the correct token per example (``logit-diff``, ``prob``, ``logprob``).
@@ -159,7 +203,7 @@ def make(
         reduce: ``"mean"`` (a scalar) or ``"none"`` (one value per example).
 
     Returns:
-        A function of logits ``[batch, pos, d_vocab]``.
+        A :class:`Metric`: a function of logits ``[batch, pos, d_vocab]``.
     """
     if name not in METRICS:
         raise unknown("metric", name, METRICS)
@@ -181,8 +225,7 @@ def make(
         return kl_to_clean(logits, clean_logits.to(logits.device), pos=pos, reduce=red)
 
     if not normalized:
-        raw.__name__ = name
-        return raw
+        return Metric(name, raw, pos)
     if clean_logits is None or corrupt_logits is None:
         raise ProbekitError("a normalized metric needs clean_logits and corrupt_logits")
     # baselines are batch means, so the mean of per-example normalized values is the normalized mean
@@ -191,8 +234,7 @@ def make(
     def norm(logits: Tensor) -> Tensor:
         return normalize(raw(logits), clean_v, corrupt_v)
 
-    norm.__name__ = f"normalized {name}"
-    return norm
+    return Metric(f"normalized {name}", norm, pos)
 
 
 __all__ = ["METRICS", "Metric", "kl_to_clean", "logit_diff", "logprob", "make", "names", "normalize", "prob"]

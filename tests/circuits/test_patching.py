@@ -84,6 +84,29 @@ def test_position_skipping_equals_hooked_engine(tiny_model, target):
     assert (fast.values - slow.values).abs().max() <= 1e-5
 
 
+def _metric_of_kind(kind: str, answers, wrong):
+    if kind == "every-position":  # a plain function: no declaration, every position's logits computed
+        return lambda logits: logits[torch.arange(len(answers)), :, answers].mean()
+    if kind == "middle-position":  # patches after position 2 cannot change it: not run
+        return pk.metrics.make("logit-diff", answers=answers, wrong=wrong, pos=2)
+    # a Metric that declares the last position but reads every one: caught on the base run, all computed
+    return pk.metrics.Metric("misdeclared", lambda logits: logits[..., :, 0].mean((-1, -2)), pos=-1)
+
+
+@pytest.mark.parametrize("kind", ["every-position", "middle-position", "misdeclared"])
+@pytest.mark.parametrize("target", ["resid", "heads-by-pos", "attn", "resid-mid", "mlp", "resid-post"])
+def test_fast_path_computes_what_the_metric_reads(tiny_model, target, kind, caplog):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model, batch=3, pos=6)
+    metric = _metric_of_kind(kind, answers, wrong)
+    with caplog.at_level("WARNING", logger="circuits.patching"):
+        ours = circuits.patch(tiny_model, clean, corrupt, metric, target=target, progress=False)
+    assert ("does not behave as a Metric" in caplog.text) == (kind == "misdeclared")
+    ref = tl_patch(tiny_model, clean, corrupt, metric, target, "denoising")
+    assert ours.extra["position_skipping"]
+    assert (ours.values - ref).abs().max() <= 1e-4
+    assert ours.values.std() > 0
+
+
 def test_chunking_does_not_change_results(tiny_model):
     clean, corrupt, answers, wrong = pairs_for(tiny_model)
     metric = _metric(answers, wrong)
