@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/probekit demo --out $(OUT)
 
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q

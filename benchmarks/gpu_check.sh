@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check, for when a GPU machine is lent (budget: ~15 minutes of device time in all, so this is short).
-# Runs the project's GPU tests (tests whose names say gpu/cuda; they skip on CPU-only machines), then each
+# Runs the project's GPU tests (marked gpu; out of `make test`), then each
 # benchmark with --device cuda. Results go to $OUT (default gpu_results/): one text file per step.
 #   bash benchmarks/gpu_check.sh            # everything (about 6-8 minutes on one H200)
 #   ONLY="patching probes" bash benchmarks/gpu_check.sh
@@ -22,7 +22,7 @@ fi
 
 status=0
 echo "== GPU tests" | tee "$OUT/tests.txt"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not browser" -k "gpu or cuda" tests 2>&1 | tee -a "$OUT/tests.txt"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee -a "$OUT/tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # patching first: its GPU target (>= 20x over TransformerLens) is the one most at stake here

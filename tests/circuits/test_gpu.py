@@ -1,4 +1,4 @@
-"""Patching on a GPU equals TransformerLens on the same GPU (skipped without CUDA; run by benchmarks/gpu_check.sh)."""
+"""Patching on a GPU equals TransformerLens on the same GPU (marked ``gpu``: out of the default run; benchmarks/gpu_check.sh runs them)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import transformer_lens.patching as tlp
 import circuits
 import probekit as pk
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("target", ["resid", "heads-by-pos", "heads", "pattern-by-pos"])
 def test_gpu_patching_equals_transformer_lens(target):
+    assert torch.cuda.is_available(), "the gpu tests need a CUDA device (run them with benchmarks/gpu_check.sh)"
     task = pk.tasks.get("induction")
     model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=task.d_vocab), device="cuda")
     p = task.patching_pairs(4, seed=0)
