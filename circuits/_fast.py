@@ -13,11 +13,12 @@ only the keys and values of the changed rows and the query, MLP and
 unembedding of row ``P``.
 
 This is a plain-torch re-run of TransformerLens' native block (pre-norm,
-learned positions, MHA, MLP or attention-only) from the bridge's own weights,
-with the projections of all heads fused into one matmul. It is checked
-against the bridge's logits when it is built; a model it does not reproduce
-(rotary, GQA, soft-capping, a Hugging Face architecture) is served by the
-hooked block-by-block engine instead.
+learned positions, MHA, MLP or attention-only) over the bridge's own weights
+with the projections of all heads fused (:mod:`circuits._fused`). It checks
+itself against the base run's logits (once per version of the weights); a
+model it does not cover (rotary, GQA, soft-capping, bidirectional attention,
+a Hugging Face architecture) is served by the hooked block-by-block engine
+instead.
 
 Shapes: ``K`` patched copies of a ``B``-example batch are stacked
 copy-major into ``N = K * B`` rows; ``S`` rows of a block are positions
@@ -27,64 +28,48 @@ copy-major into ``N = K * B`` rows; ``S`` rows of a block are positions
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from circuits._fused import KINDS, Fused, Layer
+
 log = logging.getLogger(__name__)
 
 #: patch points the fast path serves (as hook kinds)
-POINTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "z")
-
-
-def _inner(mod):
-    while hasattr(mod, "original_component"):
-        mod = mod.original_component
-    return mod
-
-
-@dataclass
-class _Layer:
-    """One block's weights, the heads fused: ``W_Q`` as ``[d_model, head * d_head]``, K and V side by side."""
-
-    ln1: object
-    Wq: Tensor
-    bq: Tensor
-    Wkv: Tensor
-    bkv: Tensor
-    Wo: Tensor
-    bo: Tensor
-    scale: float
-    ln2: object | None = None
-    Win: Tensor | None = None
-    bin: Tensor | None = None
-    Wout: Tensor | None = None
-    bout: Tensor | None = None
-    act: object | None = None
+POINTS = KINDS
 
 
 class FastSuffix:
     """Patched re-runs of a native model from its base run's cached activations.
 
     Args:
-        model: the bridge.
+        w: the model's fused weights (:func:`circuits._fused.fused`).
         resid: base ``blocks.L.hook_resid_pre`` for every layer, ``[batch, pos, d_model]``.
         logits: base logits.
         resid_post_last: base ``hook_resid_post`` of the last block.
         out_pos: the one position whose logits are needed (non-negative), or ``None`` for all.
+        check: run the self-check (patching the base run's own values must give its logits); without it the
+            caller vouches that it passed for these weights (``w.suffix_ok``).
     """
 
-    def __init__(self, model, resid: list[Tensor], logits: Tensor, resid_post_last: Tensor, out_pos: int | None = None):
+    def __init__(self, w: Fused, resid: list[Tensor], logits: Tensor, resid_post_last: Tensor,
+                 out_pos: int | None = None, check: bool = True):
+        self.w = w
+        self.layers, self.H, self.E = w.layers, w.H, w.E
+        self.ln_final, self.unembed = w.ln_final, w.unembed
         self.resid = resid
         self.after = [*resid[1:], resid_post_last]  # what leaves each block
         self.logits = logits
         self.out_pos = out_pos
+        self.q_base: dict[int, Tensor] = {}
         self.ok = False
         try:
-            self._build(model)
-            self.ok = self._check()
+            with torch.no_grad():
+                # the base run's keys and values, [batch, head, pos, d_head], for the positions before a patch
+                self.kv = [w.kv(L, L.ln1(r)) for L, r in zip(self.layers, resid)]
+            self.ok = self._check() if check else True
         except Exception as e:  # an architecture this re-run does not cover
             log.info("fast suffix unavailable: %s", e)
 
@@ -92,41 +77,8 @@ class FastSuffix:
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def _build(self, m) -> None:
-        cfg = m.cfg
-        if getattr(cfg, "positional_embedding_type", "standard") != "standard":
-            raise ValueError("rotary/other positions")
-        if float(getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0:
-            raise ValueError("soft-capped attention")
-        self.layers: list[_Layer] = []
-        for blk in m.blocks:
-            native = _inner(blk.attn)
-            if getattr(native, "kv_repeats", 1) != 1 or getattr(native, "rotary", None) is not None:
-                raise ValueError("GQA or rotary attention")
-            a = blk.attn
-            H, d, E = a.W_Q.shape
-            fuse = lambda W: W.permute(1, 0, 2).reshape(d, H * E)  # noqa: E731 - [head, d, e] -> [d, head*e]
-            layer = _Layer(ln1=_inner(blk.ln1), Wq=fuse(a.W_Q), bq=a.b_Q.reshape(-1),
-                           Wkv=torch.cat([fuse(a.W_K), fuse(a.W_V)], 1), bkv=torch.cat([a.b_K.reshape(-1), a.b_V.reshape(-1)]),
-                           Wo=a.W_O.reshape(H * E, -1), bo=a.b_O, scale=float(native.scale))
-            if not cfg.attn_only:
-                mlp = blk.mlp
-                layer.ln2, layer.act = _inner(blk.ln2), _inner(mlp).act
-                layer.Win, layer.bin, layer.Wout, layer.bout = mlp.W_in, mlp.b_in, mlp.W_out, mlp.b_out
-            self.layers.append(layer)
-        self.H, self.E = H, E
-        self.ln_final, self.unembed = _inner(m.ln_final), _inner(m.unembed)
-        # the base run's keys and values, [batch, head, pos, d_head], for the positions before a patch
-        self.kv = []
-        with torch.no_grad():
-            for i, L in enumerate(self.layers):
-                self.kv.append(self._kv(L, L.ln1(self.resid[i])))
-
-    def _kv(self, L: _Layer, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values ``[N, head, S, d_head]`` of normalized rows ``h`` (``[N, S, d_model]``)."""
-        N, S, _ = h.shape
-        kv = torch.addmm(L.bkv, h.reshape(N * S, -1), L.Wkv).view(N, S, 2, self.H, self.E)
-        return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    def _kv(self, L: Layer, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.w.kv(L, h)
 
     def _check(self) -> bool:
         """Patching every layer with the base run's own values must give the base run's logits."""
@@ -146,7 +98,7 @@ class FastSuffix:
         return True
 
     # --- one block ------------------------------------------------------------------------------
-    def _attend(self, L: _Layer, i: int, q: Tensor, k_s: Tensor, v_s: Tensor, p: int, K: int, qpos: Tensor) -> Tensor:
+    def _attend(self, L: Layer, i: int, q: Tensor, k_s: Tensor, v_s: Tensor, p: int, K: int, qpos: Tensor) -> Tensor:
         """Heads' outputs ``[N, Sq, head, d_head]`` of queries ``q`` (``[N, head, Sq, d_head]``) at absolute positions
         ``qpos`` (``[Sq]``), over the base keys before ``p`` and the rows' own keys ``k_s`` from ``p`` on."""
         N, H, Sq, E = q.shape
@@ -162,7 +114,7 @@ class FastSuffix:
         z = F.scaled_dot_product_attention(q, k_s, v_s, attn_mask=keep, scale=1.0 / L.scale)
         return z.transpose(1, 2)
 
-    def _rest(self, L: _Layer, x: Tensor, z: Tensor, at: str | None = None, src: Tensor | None = None,
+    def _rest(self, L: Layer, x: Tensor, z: Tensor, at: str | None = None, src: Tensor | None = None,
               heads: Tensor | None = None) -> Tensor:
         """The block from the heads' outputs ``z`` (``[N, S, head, d_head]``) on; ``x`` is the rows' input.
 
@@ -236,11 +188,43 @@ class FastSuffix:
         """
         K = len(ps)
         B, T, d = self.resid[start].shape
-        p0 = min(ps)
-        x = self.resid[start][:, p0:].unsqueeze(0).repeat(K, 1, 1, 1)
-        rel = torch.tensor(ps, device=x.device) - p0
-        x[torch.arange(K, device=x.device), :, rel] = src
-        return self._tail(x.view(K * B, T - p0, d), start, p0, K)
+        N = K * B
+        dev = src.device
+        p0, P = min(ps), self.out_pos
+        pos, k = torch.tensor(ps, device=dev), torch.arange(K, device=dev)
+        L = self.layers[start]
+        # block ``start``: copy k's input changes at row ps[k] alone, so only that row's query, key and value
+        # change; the other rows keep the base run's (the rows from p0 on still attend to the new key and value)
+        h = L.ln1(src.reshape(N, 1, d))
+        k_new, v_new = self._kv(L, h)  # [N, head, 1, d_head]
+        q_new = torch.addmm(L.bq, h.view(N, d), L.Wq).view(K, B, self.H, self.E)
+        k0, v0 = self.kv[start]
+        k_all, v_all = k0.unsqueeze(0).repeat(K, 1, 1, 1, 1), v0.unsqueeze(0).repeat(K, 1, 1, 1, 1)
+        k_all[k, :, :, pos] = k_new.view(K, B, self.H, self.E)
+        v_all[k, :, :, pos] = v_new.view(K, B, self.H, self.E)
+        last_only = P is not None and start == self.n_layers - 1
+        rows = torch.arange(P, P + 1, device=dev) if last_only else torch.arange(p0, T, device=dev)
+        S = len(rows)
+        q = self._q(start)[:, :, rows].unsqueeze(0).repeat(K, 1, 1, 1, 1)  # [K, batch, head, S, d_head]
+        x = self.resid[start][:, rows].unsqueeze(0).repeat(K, 1, 1, 1)  # [K, batch, S, d_model]
+        hit = pos - rows[0]  # the patched row among ``rows`` (copies whose row is not among them keep theirs)
+        inside = (hit >= 0) & (hit < S)
+        q[k[inside], :, :, hit[inside]] = q_new[inside]
+        x[k[inside], :, hit[inside]] = src[inside]
+        keep = torch.arange(T, device=dev)[None, :] <= rows[:, None]
+        z = F.scaled_dot_product_attention(q.view(N, self.H, S, self.E), k_all.view(N, self.H, T, self.E),
+                                           v_all.view(N, self.H, T, self.E), attn_mask=keep, scale=1.0 / L.scale)
+        out = self._rest(L, x.view(N, S, d), z.transpose(1, 2))
+        return self._tail(out, start + 1, int(rows[0]), K)
+
+    def _q(self, i: int) -> Tensor:
+        """The base run's queries of block ``i``, ``[batch, head, pos, d_head]`` (computed once)."""
+        if i not in self.q_base:
+            L, r = self.layers[i], self.resid[i]
+            B, T, d = r.shape
+            q = torch.addmm(L.bq, L.ln1(r).reshape(B * T, d), L.Wq)
+            self.q_base[i] = q.view(B, T, self.H, self.E).transpose(1, 2)
+        return self.q_base[i]
 
     @torch.no_grad()
     def patch_row(self, start: int, ps: list[int], point: str, src: Tensor, heads: list[int] | None = None) -> Tensor:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from circuits import targets as _targets
 from circuits._engine import Engine, check_tokens, chunks, eval_mode
 from circuits._fast import POINTS, FastSuffix
+from circuits._fused import fused
 from circuits.result import PatchResult, bootstrap_ci
 from probekit.errors import ProbekitError, unknown
 from probekit.metrics import Metric
@@ -102,6 +103,23 @@ class Evaluator:
             return self._checked(self.metric(logits), (logits.shape[0],))
         return torch.stack([self(lg) for lg in logits])
 
+    def check_stacked(self, logits: Tensor) -> None:
+        """Whether stacked copies are evaluated copy by copy: a :class:`~probekit.metrics.Metric` given two different
+        copies at once must return each copy's own value. One that mixes copies (a mean over every leading axis, say)
+        or cannot take them is called once per copy from then on (and is not trusted to read one position)."""
+        if not self.stacked:
+            return
+        other = logits.roll(1, dims=-1)
+        try:
+            both = self._checked(self.metric(torch.stack([logits, other])), (2,))
+            ok = torch.allclose(both, torch.stack([self(logits), self(other)]), rtol=1e-5, atol=1e-6)
+        except (ProbekitError, RuntimeError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            log.warning("metric %r does not evaluate stacked copies one by one; calling it once per copy",
+                        self.metric.name)
+            self.stacked = False
+
     def reads_one_position(self, logits: Tensor) -> int | None:
         """The position a :class:`~probekit.metrics.Metric` declares it reads (non-negative), once ``logits`` show
         it: the metric of ``logits`` equals that of their row at that position copied to every position, and its
@@ -114,8 +132,7 @@ class Evaluator:
             raise ProbekitError(f"the metric reads position {P}, outside the {T} positions of the input")
         P %= T
         full = self(logits)
-        if not (torch.equal(self(logits[:, P : P + 1].expand_as(logits)), full)
-                and torch.allclose(self.many(logits[None])[0], full, rtol=1e-6, atol=1e-6)):
+        if not torch.equal(self(logits[:, P : P + 1].expand_as(logits)), full):
             log.warning("metric %r does not behave as a Metric reading position %d; computing every position",
                         self.metric.name, P)
             return None
@@ -149,6 +166,13 @@ def run_pair(model, base: Tensor, src: Tensor, names: set[str]):
     base_cache = {n: cache[n][:B] for n in names}
     src_cache = {n: cache[n][B:] for n in names}
     return logits[:B], base_cache, logits[B:], src_cache
+
+
+def _plain_pair(w, base: Tensor, src: Tensor, names: set[str]):
+    """:func:`run_pair` through the fused weights' plain forward (no hooks fire)."""
+    B = base.shape[0]
+    logits, cache = w.forward(torch.cat([base, src]), names)
+    return logits[:B], {n: a[:B] for n, a in cache.items()}, logits[B:], {n: a[B:] for n, a in cache.items()}
 
 
 def finish(values_pe: Tensor, per_example: bool, n_boot: int, seed: int = 0) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
@@ -202,10 +226,20 @@ def patch(
         n_layers = model.cfg.n_layers
         names = ({f"blocks.{L}.hook_resid_pre" for L in range(n_layers)} | {t.hook_name(L) for L in range(n_layers)}
                  | {f"blocks.{n_layers - 1}.hook_resid_post"})
-        base_logits, base_cache, src_logits, src_cache = run_pair(model, base, src, names)
+        fast_ok = fast_path and t.setter in ("pos", "pos_head") and t.kind in POINTS
+        w = fused(model) if fast_ok else None
+        plain = w is not None and w.trusted()
+        if plain:
+            # the plain forward reproduced a hooked run of these weights before: it stands in for the bridge
+            base_logits, base_cache, src_logits, src_cache = _plain_pair(w, base, src, names)
+        else:
+            base_logits, base_cache, src_logits, src_cache = run_pair(model, base, src, names)
+            if w is not None:
+                w.verify(model, base, base_logits, base_cache)
         B, T = base.shape
         ev = evaluator(metric, B, per_example)
         base_v, src_v = ev(base_logits), ev(src_logits)
+        ev.check_stacked(base_logits)
         out_pos = ev.reads_one_position(base_logits)
         engine = Engine(model, base, [base_cache[f"blocks.{L}.hook_resid_pre"] for L in range(n_layers)],
                         base_logits, memory_mb)
@@ -215,10 +249,13 @@ def patch(
         indices = list(itertools.product(*(range(n) for n in rest_sizes)))
         bar = tqdm(total=n_layers * len(indices), desc=f"patch {t.name}", disable=not progress)
         fast = None
-        if t.setter in ("pos", "pos_head") and t.kind in POINTS and fast_path:
-            fast = FastSuffix(model, engine.resid, base_logits, base_cache[f"blocks.{n_layers - 1}.hook_resid_post"],
-                              out_pos)
+        if w is not None:
+            hooked = w.hooked()
+            fast = FastSuffix(w, engine.resid, base_logits, base_cache[f"blocks.{n_layers - 1}.hook_resid_post"],
+                              out_pos, check=hooked or not w.suffix_ok)
             fast = fast if fast.ok else None
+            if fast is not None and not hooked:
+                w.suffix_ok = True
         for L in range(n_layers):
             src_act = src_cache[t.hook_name(L)]
             if fast is not None:
@@ -246,7 +283,7 @@ def patch(
         target=t.name, direction=direction, metric=getattr(metric, "__name__", "metric"),
         clean=float(clean_v.mean()), corrupt=float(corrupt_v.mean()), per_example=pe, ci_low=lo, ci_high=hi,
         method="exact", extra={"suffix_forward": engine._suffix_ok, "copies_per_forward": K,
-                               "position_skipping": fast is not None},
+                               "position_skipping": fast is not None, "plain_forward": plain},
     )
 
 

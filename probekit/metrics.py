@@ -42,11 +42,13 @@ Reduce = Literal["mean", "none"]
 class Metric:
     """A metric of the logits that declares the one position it reads.
 
-    Calling it is calling ``fn``. ``fn`` must accept logits ``[..., batch,
-    pos, d_vocab]`` (leading axes: stacked copies) and depend on position
-    ``pos`` only; :func:`circuits.patch` relies on both (and checks the
-    second on the base run) to evaluate many patched copies at once and to
-    compute only that position's logits.
+    Calling it is calling ``fn``. ``fn`` should accept logits ``[..., batch,
+    pos, d_vocab]`` (leading axes: stacked copies, each evaluated on its own)
+    and depend on position ``pos`` only; :func:`circuits.patch` then
+    evaluates many patched copies at once and computes only that position's
+    logits. It checks both on the base run first: a metric that mixes copies
+    or refuses them is called once per copy, one that reads other positions
+    gets every position's logits (each with a warning).
 
     Args:
         name: shown in results and reports.

@@ -186,3 +186,99 @@ def test_result_figure_and_dict(tiny_model):
     # rows are (layer, head), columns positions: values transposed from TL's layer x pos x head
     assert len(z) == 8 and len(z[0]) == 4
     assert z[1][2] == pytest.approx(float(res.values[0, 2, 1]))
+
+
+def _fresh_mlp_model(seed: int = 5):
+    return pk.build_model(pk.ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=12, n_ctx=16, seed=seed))
+
+
+@pytest.mark.parametrize("target", ["resid", "heads-by-pos", "mlp"])
+def test_plain_forward_stands_in_only_for_verified_unhooked_weights(target):
+    """The fused plain forward replaces the bridge's base/source run only once a hooked run verified it on the same
+    weights: an in-place edit (through ``.data``, which bumps no version counter) or a hook on the model sends the
+    run back through the bridge, and every result still equals TransformerLens."""
+    model = _fresh_mlp_model()
+    clean, corrupt, answers, wrong = pairs_for(model, batch=2, pos=5, seed=3)
+    metric = _metric(answers, wrong)
+
+    def both():
+        ours = circuits.patch(model, clean, corrupt, metric, target=target, progress=False)
+        ref = tl_patch(model, clean, corrupt, metric, target, "denoising")
+        assert (ours.values - ref).abs().max() <= 1e-4
+        return ours
+
+    assert not both().extra["plain_forward"]  # first sight of these weights: the bridge runs, and verifies
+    assert both().extra["plain_forward"]
+    with torch.no_grad():
+        next(model.parameters()).data.mul_(1.5)
+    assert not both().extra["plain_forward"]  # edited weights: verified again through the bridge
+    assert both().extra["plain_forward"]
+
+    def scale(act, hook):  # noqa: ARG001 - a user's permanent hook changes the model; the fast runs must honour it
+        return act * 0.5
+
+    model.blocks[0].hook_attn_out.add_hook(scale)
+    try:
+        assert not both().extra["plain_forward"]
+    finally:
+        model.reset_hooks()
+    assert both().extra["plain_forward"]
+
+
+def test_metric_that_mixes_stacked_copies_is_called_per_copy(tiny_model, caplog):
+    """A Metric whose function reduces over every leading axis would blend patched copies evaluated together:
+    it is detected and called once per copy, so the result still equals TransformerLens."""
+    clean, corrupt, answers, wrong = pairs_for(tiny_model, batch=3, pos=6, seed=4)
+
+    def scaled(logits):  # mean over *all* leading axes: right on one copy, wrong on a stack of copies
+        return pk.metrics.logit_diff(logits, answers, wrong, reduce="none").mean() / logits[..., -1, :].std()
+
+    metric = pk.metrics.Metric("scaled", scaled, pos=-1)
+    for target in ("resid", "heads"):
+        with caplog.at_level("WARNING"):
+            ours = circuits.patch(tiny_model, clean, corrupt, metric, target=target, progress=False)
+        ref = tl_patch(tiny_model, clean, corrupt, metric, target, "denoising")
+        assert (ours.values - ref).abs().max() <= 1e-4
+    assert "calling it once per copy" in caplog.text
+
+
+def test_metric_that_takes_one_copy_only_is_called_per_copy(tiny_model):
+    """A Metric that only accepts ``[batch, pos, d_vocab]`` is not an error: it is called once per copy."""
+    clean, corrupt, answers, wrong = pairs_for(tiny_model, batch=2, pos=5, seed=6)
+
+    def strict(logits):
+        if logits.ndim != 3:
+            raise ValueError("one copy at a time")
+        return pk.metrics.logit_diff(logits, answers, wrong)
+
+    metric = pk.metrics.Metric("strict", strict, pos=-1)
+    ours = circuits.patch(tiny_model, clean, corrupt, metric, target="resid", progress=False)
+    ref = tl_patch(tiny_model, clean, corrupt, metric, "resid", "denoising")
+    assert (ours.values - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+@pytest.mark.parametrize("target", ["resid", "heads-by-pos", "resid-post"])
+def test_per_example_through_the_fast_path_equals_the_hooked_engine(tiny_model, target, direction):
+    clean, corrupt, answers, wrong = pairs_for(tiny_model, batch=3, pos=6, seed=8)
+    metric = pk.metrics.make("logit-diff", answers=answers, wrong=wrong, reduce="none")
+    fast = circuits.patch(tiny_model, clean, corrupt, metric, target=target, direction=direction, per_example=True,
+                          progress=False)
+    slow = circuits.patch(tiny_model, clean, corrupt, metric, target=target, direction=direction, per_example=True,
+                          progress=False, fast_path=False)
+    assert fast.extra["position_skipping"] and not slow.extra["position_skipping"]
+    assert fast.per_example.shape == slow.per_example.shape == (*fast.values.shape, 3)
+    assert (fast.per_example - slow.per_example).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("norm", ["RMS", "none"])
+def test_fast_path_on_other_norms_equals_transformer_lens(norm):
+    model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=12, n_ctx=16, norm=norm, seed=2))
+    clean, corrupt, answers, wrong = pairs_for(model, batch=2, pos=5, seed=9)
+    metric = _metric(answers, wrong)
+    for target in ("resid", "heads-by-pos"):
+        for _ in range(2):  # the first run verifies through the bridge, the second uses the plain forward
+            ours = circuits.patch(model, clean, corrupt, metric, target=target, progress=False)
+            ref = tl_patch(model, clean, corrupt, metric, target, "denoising")
+            assert ours.extra["position_skipping"]
+            assert (ours.values - ref).abs().max() <= 1e-4
