@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,8 @@ from probekit.tasks.base import Task
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
+#: the valid ``TrainConfig.precision`` values (the CLI's ``--precision`` choices).
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 #: fields that may differ between an interrupted run and its resumption (they do not change the weights).
 _RESUME_FREE = ("checkpoint_every", "eval_every", "eval_batches")
@@ -109,8 +111,8 @@ class TrainConfig:
             raise ProbekitError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ProbekitError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ProbekitError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ProbekitError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -360,4 +362,4 @@ def _restore(path: Path, model, optimizer: torch.optim.Optimizer, config: TrainC
     return int(meta["step"])
 
 
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainResult", "evaluate", "lr_at", "next_token_loss", "read_checkpoint", "step_seed", "train"]
+__all__ = ["CHECKPOINT", "PRECISIONS", "TrainConfig", "TrainResult", "evaluate", "lr_at", "next_token_loss", "read_checkpoint", "step_seed", "train"]

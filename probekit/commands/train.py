@@ -7,9 +7,14 @@ from typing import Optional
 
 import typer
 
+from probekit.training import PRECISIONS
+
+#: ``--precision`` values: TrainConfig's, kebab-case on the command line.
+_PRECISION_FLAGS = {p.replace("_", "-"): p for p in PRECISIONS}
+
 
 def build_configs(task, *, layers=None, d_model=None, heads=None, d_mlp=None, attn_only=None, steps=None,
-                  batch_size=None, lr=None, seed=None, checkpoint_every=None):
+                  batch_size=None, lr=None, seed=None, checkpoint_every=None, precision=None):
     """The model and training configs: the task's defaults, overridden by the flags given (``None`` = not given)."""
     from probekit.model import ModelConfig
     from probekit.training import TrainConfig
@@ -22,7 +27,7 @@ def build_configs(task, *, layers=None, d_model=None, heads=None, d_mlp=None, at
             model_kw[key] = value
     train_kw = dict(task.default_training)
     for key, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
-                       ("checkpoint_every", checkpoint_every)):
+                       ("checkpoint_every", checkpoint_every), ("precision", precision)):
         if value is not None:
             train_kw[key] = value
     return ModelConfig(**model_kw), TrainConfig(**train_kw)
@@ -44,6 +49,9 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate [task default]"),
         seed: Optional[int] = typer.Option(None, "--seed", help="seed of the init and the data order [0]"),
         device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
+        precision: Optional[str] = typer.Option(
+            None, "--precision", metavar="|".join(_PRECISION_FLAGS),
+            help="bf16 autocasts the forward pass on CUDA (elsewhere fp32, with a warning) [fp32]"),
         checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every",
                                                        help="checkpoint every N steps [500]"),
         resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out exactly"),
@@ -53,10 +61,12 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from probekit import tasks
-        from probekit.errors import ProbekitError
+        from probekit.errors import ProbekitError, unknown
         from probekit.model import build_model
         from probekit.training import train
 
+        if precision is not None and precision not in _PRECISION_FLAGS:
+            raise unknown("precision", precision, _PRECISION_FLAGS)
         t = tasks.get(task)
         try:
             dev = torch.device(device)
@@ -66,7 +76,8 @@ def register(app: typer.Typer) -> None:
             raise ProbekitError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
         model_cfg, train_cfg = build_configs(
             t, layers=layers, d_model=d_model, heads=heads, d_mlp=d_mlp, attn_only=attn_only, steps=steps,
-            batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every)
+            batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+            precision=None if precision is None else _PRECISION_FLAGS[precision])
         model = build_model(model_cfg, tokenizer=t.tokenizer(), device=dev)
         result = train(model, t, train_cfg, out=out, resume=resume, device=dev, progress=not no_progress)
         typer.echo(f"trained {task}: {result.steps} steps, loss {result.final_loss:.4f}, "
