@@ -38,8 +38,11 @@ def _root() -> None:
 
 
 def _register_commands() -> None:
+    """Register every ``probekit/commands/<name>.py`` on ``app`` (once: ``main`` may run many times in a process)."""
     import probekit.commands as commands
 
+    if app.registered_commands:
+        return
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"probekit.commands.{info.name}").register(app)
@@ -48,9 +51,9 @@ def _register_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``probekit`` console script; returns the exit code."""
     logging.basicConfig(level=os.environ.get("PROBEKIT_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    _register_commands()
     argv = sys.argv[1:] if argv is None else argv
     try:
+        _register_commands()  # inside the try: a command module that fails to import is an internal error too
         app(args=argv, prog_name="probekit", standalone_mode=False)
     except cx.NoArgsIsHelpError as e:
         print(e.ctx.get_help() if e.ctx else "usage: probekit COMMAND [ARGS]")
