@@ -28,6 +28,7 @@ HOOK_KINDS = BLOCK_KINDS + ATTN_KINDS
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _LAYER = re.compile(r"^L(\d+)$")
+_INT = re.compile(r"^-?\d+$")  # an integer layer; negative ones are refused as out of range
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def resolve(
         'blocks.0.hook_attn_out'
     """
     s = str(spec).strip()
+    valid = set(valid) if valid is not None else None
     if s == "embed":
         return HookRef("blocks.0.hook_resid_pre", None, "embed")
     if m := _HEAD.match(s):
@@ -106,13 +108,15 @@ def resolve(
         layer = int(m.group(1))
         _check_layer(layer, n_layers, s)
         return HookRef(f"blocks.{layer}.hook_resid_post", None, s)
-    if s.lstrip("-").isdigit():
+    if _INT.match(s):
         layer = int(s)
         _check_layer(layer, n_layers, s)
         name = hook_name(layer, hook)
+        if valid is not None and name not in valid:  # e.g. mlp_out on an attention-only model
+            kinds = [k for k in HOOK_KINDS if hook_name(layer, k) in valid]
+            raise ProbekitError(f"the model has no hook {name!r} (hook kind {hook!r}); its hook kinds: {', '.join(kinds)}")
         return HookRef(name, None, layer_label(name))
     if valid is not None:
-        valid = set(valid)
         if s not in valid:
             raise unknown("hook name", s, valid)
     elif not s.startswith(("blocks.", "hook_", "embed", "ln_final", "unembed", "pos_embed")):

@@ -9,10 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformer_lens.utilities.components_utils import get_act_name
 
 import probekit as pk
 from probekit.activations import ActivationStore, disk
 from probekit.errors import ProbekitError
+from probekit.hooks import HOOK_KINDS, resolve, resolve_for
 
 HOOKS = ["resid_post", "z"]
 
@@ -101,6 +103,71 @@ def test_access_errors_name_valid_choices(stores):
         dsk.layer("L7")
     with pytest.raises(ProbekitError, match="batch_rows"):
         next(dsk.iter_batches(["L0"], 0))
+
+
+# ---- the short form `--layer <int> --hook <kind>` (probekit.hooks.resolve, integer branch) ----
+
+@pytest.mark.parametrize("kind", HOOK_KINDS)
+def test_integer_layer_with_hook_kind_is_the_transformerlens_name(tiny_model, kind):
+    n_layers, n_heads = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
+    for layer in range(n_layers):
+        expected = get_act_name(kind, layer)  # TransformerLens' own shorthand -> name
+        assert expected in tiny_model.hook_dict
+        for spec in (layer, str(layer), f" {layer} "):  # the CLI passes --layer as text
+            ref = resolve(spec, n_layers, n_heads, hook=kind)
+            assert (ref.name, ref.head) == (expected, None)
+        assert resolve_for(tiny_model, layer, hook=kind).name == expected
+    assert resolve(0, n_layers).name == get_act_name("resid_post", 0)  # the default kind
+
+
+def test_integer_layer_reads_that_hook_from_the_store(stores):
+    mem, dsk = stores
+    assert torch.equal(dsk.layer(1, hook="z"), mem.acts["blocks.1.attn.hook_z"].flatten(1))
+    assert torch.equal(dsk.layer("0"), mem.acts["blocks.0.hook_resid_post"])
+    with pytest.raises(ProbekitError) as e:  # a kind the store does not hold: the error names what it holds
+        dsk.layer(1, hook="attn_out")
+    assert all(h in _one_line(e) for h in dsk.hooks)
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and isinstance(e.value, ProbekitError), msg
+    return msg
+
+
+@pytest.mark.parametrize("layer", [2, 7, -1, "-1"])
+def test_integer_layer_out_of_range_names_the_valid_range(tiny_model, layer):
+    with pytest.raises(ProbekitError) as e:
+        resolve(layer, tiny_model.cfg.n_layers, hook="z")
+    assert f"{layer!s}" in _one_line(e) and "2 blocks (0–1)" in str(e.value)
+    with pytest.raises(ProbekitError, match="out of range"):
+        resolve_for(tiny_model, layer, hook="z")
+
+
+@pytest.mark.parametrize("kind, near", [("atn_out", "attn_out"), ("resid-post", "resid_post"), ("Z", None)])
+def test_misspelt_hook_kind_names_the_valid_kinds(kind, near):
+    with pytest.raises(ProbekitError) as e:
+        resolve(1, 2, hook=kind)
+    msg = _one_line(e)
+    assert f"unknown hook kind {kind!r}" in msg and all(k in msg for k in HOOK_KINDS)
+    if near is not None:
+        assert f"did you mean {near!r}" in msg
+
+
+def test_integer_layer_with_a_kind_the_model_lacks(tiny_attn_only):
+    assert "blocks.1.hook_mlp_out" not in tiny_attn_only.hook_dict  # attention-only: no MLP
+    with pytest.raises(ProbekitError) as e:
+        resolve_for(tiny_attn_only, 1, hook="mlp_out")
+    msg = _one_line(e)
+    assert "blocks.1.hook_mlp_out" in msg
+    assert all(k in msg for k in HOOK_KINDS if get_act_name(k, 1) in tiny_attn_only.hook_dict)
+
+
+def test_malformed_integer_layer_is_a_one_line_error():
+    for spec in ("--1", "1.5", "-"):
+        with pytest.raises(ProbekitError) as e:
+            resolve(spec, 2)
+        assert "cannot read layer" in _one_line(e)
 
 
 def test_tampered_shard_refused(stores, tmp_path):
