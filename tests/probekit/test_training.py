@@ -163,6 +163,56 @@ def test_weight_decay_on_matrices_only():
             assert (after[name] - w).abs().max() < 1e-20, name
 
 
+def _bare_adamw(model, task, config: TrainConfig, clip: float | None) -> list[float]:
+    """The oracle: ``config.steps`` steps of a plain torch loop (AdamW, decay on matrices only, schedule
+    ``lr_at``, the same batches), clipping with ``torch.nn.utils.clip_grad_norm_`` by hand when ``clip`` is
+    given; returns each step's gradient norm before clipping."""
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    model.train()
+    norms = []
+    for step in range(config.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, config)
+        b = task.batch(config.batch_size, seed=step_seed(config.seed, step), split="train")
+        loss = next_token_loss(model(b.tokens), b.tokens, b.mask, task.target_mask(b.tokens))
+        opt.zero_grad()
+        loss.backward()
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item())
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+    model.eval()
+    return norms
+
+
+def test_grad_clip_equals_torch_clip_grad_norm():
+    """Clipping is applied, to the global norm, between backward and the AdamW step.
+
+    Adam's first update, lr * g / (|g| + eps), is blind to the scale of g, so three steps are taken: from
+    the second on, the moments mix gradients clipped by different factors and clipping shows in the weights.
+    """
+    task = small_task()
+    cfg = CFG.replace(steps=3, eval_every=None, checkpoint_every=None)
+    unclipped = small_model(task)
+    norms = _bare_adamw(unclipped, task, cfg, clip=None)
+    clip = min(norms) / 3  # every step's gradient norm exceeds it
+    for c, oracle_clip in ((clip, clip), (None, None), (10 * max(norms), None)):  # a clip above the norm: no-op
+        model, oracle = small_model(task), small_model(task)
+        pk.train(model, task, cfg.replace(grad_clip=c), progress=False)
+        _bare_adamw(oracle, task, cfg, clip=oracle_clip)
+        assert_same_weights(model, oracle)
+
+    clipped_model = small_model(task)
+    pk.train(clipped_model, task, cfg.replace(grad_clip=clip), progress=False)
+    clipped, plain, init = weights(clipped_model), weights(unclipped), weights(small_model(task))
+    diff = max((clipped[k] - plain[k]).abs().max().item() for k in plain)
+    update = max((plain[k] - init[k]).abs().max().item() for k in plain)
+    assert diff > 0.05 * update  # a clear effect, not rounding
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     full = small_model(small_task())
     r_full = pk.train(full, small_task(), CFG, progress=False)
