@@ -24,6 +24,9 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q
 
+test-browser: install
+	$(BIN)/python -m pytest -m browser -q
+
 bench: install
 	$(BIN)/python -m benchmarks
 
