@@ -58,6 +58,23 @@ def control_labels(keys: Int[Tensor, " n"], y: Tensor, *, seed: int = 0) -> Tens
     return y[draw][inv]
 
 
+def control_has_one_class(y_control_train: Tensor) -> bool:
+    """Whether control labels are one class on the training rows (a classification control is then skipped).
+
+    That happens when the rows share one or a few control-key values, for example a
+    sequence label read at the last token when every text ends with the same token:
+    the control task then says nothing, and :func:`probes.sweep` and
+    :func:`probes.train_probe` both skip it with a warning (``CONTROL_ONE_CLASS``)
+    rather than blame the real label.
+    """
+    return len(torch.unique(y_control_train)) < 2
+
+
+#: the warning logged when a control task is skipped for :func:`control_has_one_class`
+CONTROL_ONE_CLASS = ("control task skipped: its labels have one class on the training rows "
+                     "(%d distinct control-key values); no control score or selectivity")
+
+
 def majority_rate(y_train: Tensor, y_test: Tensor) -> float:
     """Test accuracy of always predicting the training set's most frequent class (the chance line)."""
     vals, counts = torch.unique(y_train, return_counts=True)

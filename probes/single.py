@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,13 @@ import numpy as np
 import torch
 
 from probekit.errors import ProbekitError
-from probes.control import control_keys, control_labels, majority_rate
+from probes.control import CONTROL_ONE_CLASS, control_has_one_class, control_keys, control_labels, majority_rate
 from probes.io import save
 from probes.linear import LinearProbe
 from probes.sweep import _split, store_fingerprint
 from probes.trainer import check_stack
+
+log = logging.getLogger(__name__)
 
 
 def train_probe(
@@ -38,7 +41,9 @@ def train_probe(
         label: the label to probe.
         kind: ``logistic``/``ridge`` (default: from the label's kind).
         C: fixed inverse regularisation, or ``None`` for cross-validation.
-        control: fit the control task (Hewitt & Liang 2019) with the chosen C and report selectivity.
+        control: fit the control task (Hewitt & Liang 2019) with the chosen C and report selectivity;
+            skipped with a warning, as in :func:`probes.sweep`, when the control labels
+            have one class on the training rows (``metrics`` then has no control entries).
         seed: seed of the split and the control labels.
         hook: hook kind for an integer ``layer``.
         test_fraction: fraction of examples held out.
@@ -74,10 +79,15 @@ def train_probe(
         metrics["majority"] = majority_rate(torch.as_tensor(y[~test]), torch.as_tensor(y[test]))
     if control:
         keys = control_keys(store.token[rows], store.position[rows], store.manifest.get("control_key", "token"))
-        yc = control_labels(keys, torch.as_tensor(y), seed=seed).numpy()
-        cprobe = LinearProbe(kind=kind, C=float(np.atleast_1d(probe.C_)[0]), device=device).fit(X[~test], yc[~test])
-        metrics[f"control_{metric}"] = cprobe.score(X[test], yc[test])
-        metrics["selectivity"] = metrics[metric] - metrics[f"control_{metric}"]
+        yc = control_labels(keys, torch.as_tensor(y), seed=seed)
+        train = torch.as_tensor(~test)
+        if kind == "logistic" and control_has_one_class(yc[train]):  # as sweep() does
+            log.warning(CONTROL_ONE_CLASS, len(torch.unique(keys[train])))
+        else:
+            yc = yc.numpy()
+            cprobe = LinearProbe(kind=kind, C=float(np.atleast_1d(probe.C_)[0]), device=device).fit(X[~test], yc[~test])
+            metrics[f"control_{metric}"] = cprobe.score(X[test], yc[test])
+            metrics["selectivity"] = metrics[metric] - metrics[f"control_{metric}"]
     metrics.update(n_train=int((~test).sum()), n_test=int(test.sum()))
     if out is not None:
         save(probe, out, layer=ref.label or ref.name, hook=ref.name, head=ref.head, label=label,

@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from probekit.errors import ProbekitError
-from probes.control import control_keys, control_labels, majority_rate, selectivity
+from probes.control import (CONTROL_ONE_CLASS, control_has_one_class, control_keys, control_labels, majority_rate,
+                            selectivity)
 from probes.erasure import InterventionResult, amnesic_check, eraser_rank, fit_eraser, leace_check, leace_hook
 from probes.mdl import online_code
 from probes.stats import bootstrap_ci
@@ -243,8 +244,8 @@ def sweep(
     if control:
         keys = control_keys(store.token[rows], store.position[rows], store.manifest.get("control_key", "token"))
         yc = control_labels(keys, y, seed=seed)
-        if config.kind == "logistic" and len(torch.unique(yc[tr])) < 2:
-            log.warning("control labels have one class on the training rows; control skipped")
+        if config.kind == "logistic" and control_has_one_class(yc[tr]):
+            log.warning(CONTROL_ONE_CLASS, len(torch.unique(keys[tr])))
         else:
             cscore = trainer.fit(X[:, tr], yc[tr], C=layer_C).score(X[:, te], yc[te]).cpu()
             res.control_score = cscore.tolist()
