@@ -7,7 +7,11 @@ interval, and by default the checks that say what the number means:
 
 * control task and selectivity (Hewitt & Liang 2019) — :mod:`probes.control`;
 * MDL online code length and compression (Voita & Titov 2020) — :mod:`probes.mdl`;
-* baselines: the embeddings alone, and the same probe on an untrained copy of the model;
+* baselines: the embeddings alone (the non-contextual baseline of Hewitt et al. 2021,
+  "Conditional probing: measuring usable information beyond a baseline"), and the same
+  probe on an untrained, randomly initialised copy of the model (Zhang & Bowman 2018,
+  "Language Modeling Teaches You More than Translation Does", BlackboxNLP: random,
+  frozen encoders already score strikingly well on syntactic probing tasks);
 * LEACE erasure: a fresh probe after erasure (Belrose et al. 2023), and, given the
   model, amnesic probing at the best layer (Elazar et al. 2021) — :mod:`probes.erasure`.
 """
@@ -310,7 +314,14 @@ def _fingerprint(model) -> str:
 
 
 def untrained_copy(model):
-    """A randomly initialised model of the same shape and tokenizer (``probekit.loading.untrained_copy``)."""
+    """A randomly initialised model of the same shape and tokenizer (``probekit.loading.untrained_copy``).
+
+    The random-weights baseline of Zhang & Bowman (2018), "Language Modeling Teaches
+    You More than Translation Does: Lessons Learned Through Auxiliary Syntactic Task
+    Analysis" (BlackboxNLP; arXiv:1809.10040): what a probe reads from an untrained
+    network of the same architecture comes from the input and the architecture, not
+    from training.
+    """
     from probekit.loading import untrained_copy as uc
 
     return uc(model)
@@ -327,6 +338,7 @@ def _task_batch_tokens(store, n: int | None = None):
 
 
 def _untrained_scores(store, model, refs, rows, tr, te, y, config, layer_C) -> list[float] | None:
+    """Held-out scores of the same probes (same rows, split and C) on an untrained copy (Zhang & Bowman 2018)."""
     import probekit as pk
 
     m = store.manifest

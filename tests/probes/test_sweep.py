@@ -101,3 +101,30 @@ def test_cv_on_a_row_subset_then_refit(parens_store):
         if a == pytest.approx(b):
             assert sub.score[i] == pytest.approx(full.score[i], abs=1e-6)
     assert set(sub.summary()) >= {"best layer", "accuracy", "majority class"}
+
+
+def test_baselines_rebuilt_from_an_on_disk_store_of_a_run(tmp_path, caplog):
+    """No ``model=``: the sweep reloads the run the store's manifest names, checks its fingerprint,
+    and gets the same untrained baseline (and amnesic check) as when given the model."""
+    task = pk.tasks.get("parens")
+    cfg = pk.ModelConfig(n_layers=1, d_model=16, n_heads=2, n_ctx=task.n_ctx, d_vocab=task.d_vocab, seed=7)
+    run = pk.save_run(pk.build_model(cfg, tokenizer=task.tokenizer()), tmp_path / "run", model_config=cfg, task=task)
+    model = pk.load(run)
+    store = ActivationStore.open(pk.cache_activations(model, task, n=6, out=tmp_path / "acts").path)
+    assert store.manifest["model"]["source"]["path"] == str(run.resolve())
+    kw = dict(config=probes.ProbeConfig(C=1.0), control=False, mdl=False, erasure=False, n_boot=10)
+    rebuilt = probes.sweep(store, "top", **kw)
+    given = probes.sweep(store, "top", model=model, **kw)
+    assert rebuilt.untrained_score is not None and len(rebuilt.untrained_score) == 2
+    assert rebuilt.untrained_score == given.untrained_score
+    # the amnesic check runs the trained model itself: equal only if the rebuilt model is that model
+    assert rebuilt.interventions == given.interventions and rebuilt.interventions[0]["kl"] > 0
+    # and the baseline is a different model's: its embeddings differ from the trained ones
+    base = probes.untrained_copy(model)
+    assert not torch.equal(base.W_E, model.W_E)
+    # a run directory overwritten by another model no longer matches: baselines skipped, with a warning
+    other = pk.build_model(pk.ModelConfig(**{**cfg.to_dict(), "seed": 8}), tokenizer=task.tokenizer())
+    pk.save_run(other, run, model_config=cfg, task=task)
+    stale = probes.sweep(store, "top", **kw)
+    assert stale.untrained_score is None and stale.interventions == []
+    assert any("no longer matches the store's fingerprint" in r.getMessage() for r in caplog.records)
