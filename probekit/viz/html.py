@@ -8,8 +8,16 @@ writes numbers as JSON or float64 base64. This writer instead embeds
   by ``DecompressionStream`` and run as an inline script — once per page;
 * each figure's JSON gzip-compressed, with its numeric arrays moved into one
   binary buffer in compact encodings (``float16`` by default, ``uint8``
-  linear quantization or exact ``float32``/integers on request), and
-  repeated lists (the same hover text on every head) stored once.
+  linear quantization or exact ``float32``/integers on request), equal
+  arrays (the same head's pattern in several views) and repeated lists (the
+  same hover text on every head) stored once — and decoded once in the page,
+  so every trace, button and figure referring to one holds the same copy.
+
+Arrays in the arguments of ``updatemenus`` buttons (one head's pattern per
+button) are decoded only when the button is used: the page turns such a
+button into Plotly's ``"skip"`` kind and runs its command itself from the
+``plotly_buttonclicked`` event, so a selector over hundreds of heads costs
+nothing until a head is picked.
 
 Nothing is fetched: the page carries a Content-Security-Policy that forbids
 every network request, and all data sits in base64 (no ``</script>`` can occur
@@ -138,6 +146,15 @@ class _Packer:
         self.offset = 0
         self.shared: list[Any] = []
         self._shared_index: dict[str, int] = {}
+        self._arrays: dict[tuple, dict] = {}  # encoded array -> its spec: equal arrays are stored once
+
+    def _unique(self, tag: str, data: bytes, align: int, shape: list[int], n: int, **extra: float) -> dict:
+        """The spec of ``data`` in the buffer, adding it only if an equal array is not there yet."""
+        key = (tag, tuple(shape), tuple(sorted(extra.items())), hashlib.blake2b(data, digest_size=16).digest())
+        spec = self._arrays.get(key)
+        if spec is None:
+            spec = self._arrays[key] = {"__pk": tag, "o": self._add(data, align), "n": n, "s": shape, **extra}
+        return dict(spec)
 
     def _add(self, data: bytes, align: int = 4) -> int:
         pad = (-self.offset) % align
@@ -162,19 +179,19 @@ class _Packer:
                     break
             else:
                 t, dt = "f8", np.float64  # beyond int32: exact as float64 (JS numbers)
-            return {"__pk": t, "o": self._add(a.astype(dt).tobytes()), "n": a.size, "s": shape}
+            return self._unique(t, a.astype(dt).tobytes(), 4, shape, a.size)
         a = a.astype(np.float64)
         if a.size < COMPACT_MIN or self.precision == "float32":
-            return {"__pk": "f4", "o": self._add(a.astype(np.float32).tobytes()), "n": a.size, "s": shape}
+            return self._unique("f4", a.astype(np.float32).tobytes(), 4, shape, a.size)
         if self.precision == "float16":
-            return {"__pk": "f2", "o": self._add(a.astype(np.float16).tobytes(), 2), "n": a.size, "s": shape}
+            return self._unique("f2", a.astype(np.float16).tobytes(), 2, shape, a.size)
         finite = a[np.isfinite(a)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         scale = (hi - lo) / 254 if hi > lo else 1.0
         q = np.full(a.shape, 255, dtype=np.uint8)  # 255 = NaN / not finite
         ok = np.isfinite(a)
         q[ok] = np.clip(np.rint((a[ok] - lo) / scale), 0, 254).astype(np.uint8)
-        return {"__pk": "q1", "o": self._add(q.tobytes(), 1), "n": a.size, "s": shape, "lo": lo, "sc": scale}
+        return self._unique("q1", q.tobytes(), 1, shape, a.size, lo=lo, sc=scale)
 
     def walk(self, x: Any) -> Any:
         if isinstance(x, dict):
@@ -329,7 +346,10 @@ function half(buf){var u=new Uint16Array(buf),n=u.length,out=new Float32Array(n)
   for(var i=0;i<n;i++){var h=u[i],s=(h&0x8000)?-1:1,e=(h>>10)&31,f=h&1023;
     out[i]=e===0?s*f*5.960464477539063e-8:(e===31?(f?NaN:s*Infinity):s*Math.pow(2,e-15)*(1+f/1024));}
   return out;}
-function typed(spec,buf){var t=spec.__pk,o=spec.o,n=spec.n,a;
+function nest(flat,shape){if(!shape||shape.length<=1)return flat;
+  var rows=shape[0],rest=shape.slice(1),size=rest.reduce(function(x,y){return x*y;},1),out=new Array(rows);
+  for(var r=0;r<rows;r++)out[r]=nest(flat.slice(r*size,(r+1)*size),rest);return out;}
+function decode(spec,buf){var t=spec.__pk,o=spec.o,n=spec.n,a;
   switch(t){
     case "f4":a=new Float32Array(buf.slice(o,o+4*n));break;
     case "f8":a=new Float64Array(buf.slice(o,o+8*n));break;
@@ -343,23 +363,50 @@ function typed(spec,buf){var t=spec.__pk,o=spec.o,n=spec.n,a;
       for(var i=0;i<n;i++)f[i]=q[i]===255?NaN:spec.lo+q[i]*spec.sc;a=f;break;
     default:throw new Error("unknown array encoding "+t);}
   return nest(Array.from(a),spec.s);}
-function nest(flat,shape){if(!shape||shape.length<=1)return flat;
-  var rows=shape[0],rest=shape.slice(1),size=rest.reduce(function(x,y){return x*y;},1),out=new Array(rows);
-  for(var r=0;r<rows;r++)out[r]=nest(flat.slice(r*size,(r+1)*size),rest);return out;}
-function revive(x,buf,shared){
-  if(Array.isArray(x)){for(var i=0;i<x.length;i++)x[i]=revive(x[i],buf,shared);return x;}
-  if(x&&typeof x==="object"){
-    if(typeof x.__pk==="string")return typed(x,buf);
-    if(typeof x.__pkr==="number")return shared[x.__pkr];
-    for(var k in x)if(Object.prototype.hasOwnProperty.call(x,k))x[k]=revive(x[k],buf,shared);}
-  return x;}
+function clone(x){return JSON.parse(JSON.stringify(x));}
+// The page's data: figures refer to stored arrays ({__pk}) and to shared lists ({__pkr}). Both are decoded
+// on first use and kept, so every trace, button or view that refers to one holds the same copy.
+function Store(doc,buf){
+  var arrays={},lists=[];
+  function raw(x){while(x&&typeof x==="object"&&typeof x.__pkr==="number")x=doc.shared[x.__pkr];return x;}
+  function revive(x){  // x is private to the caller (revived in place)
+    if(Array.isArray(x)){for(var i=0;i<x.length;i++)x[i]=revive(x[i]);return x;}
+    if(x&&typeof x==="object"){
+      if(typeof x.__pk==="string"){var key=x.__pk+"@"+x.o+":"+x.s;
+        if(!(key in arrays))arrays[key]=decode(x,buf);return arrays[key];}
+      if(typeof x.__pkr==="number"){var i=x.__pkr;if(!(i in lists))lists[i]=revive(clone(doc.shared[i]));return lists[i];}
+      for(var k in x)if(Object.prototype.hasOwnProperty.call(x,k))x[k]=revive(x[k]);}
+    return x;}
+  function hasArray(x){x=raw(x);
+    if(Array.isArray(x))return x.some(hasArray);
+    if(x&&typeof x==="object"){if(typeof x.__pk==="string")return true;for(var k in x)if(hasArray(x[k]))return true;}
+    return false;}
+  // Menu buttons whose arguments hold stored arrays (one head's pattern each) are decoded when used, not at
+  // load: such a button becomes Plotly's "skip" kind, and its command runs from the plotly_buttonclicked event.
+  function detachMenus(layout){var lazy={},menus=raw(layout.updatemenus);
+    if(!Array.isArray(menus))return lazy;
+    layout.updatemenus=menus.map(function(m,i){m=clone(raw(m));var buttons=raw(m.buttons);
+      if(Array.isArray(buttons))m.buttons=buttons.map(function(b,j){b=clone(raw(b));
+        if(b.method&&b.method!=="skip"&&hasArray(b.args)){lazy[i+","+j]={method:b.method,args:b.args};b.method="skip";b.args=[];}
+        return b;});
+      return m;});
+    return lazy;}
+  return {revive:revive,detachMenus:detachMenus};}
+function runButton(gd,menu,j){
+  var l=gd.__pk_lazy[menu+","+j],b=gd.layout.updatemenus[menu].buttons[j];
+  if(l)return Plotly[l.method].apply(null,[gd].concat(gd.__pk_store.revive(clone(l.args))));
+  return b.method==="skip"?Promise.resolve():Plotly[b.method].apply(null,[gd].concat(b.args));}
+function lazyMenus(gd){
+  gd.on("plotly_buttonclicked",function(ev){
+    var m=ev.menu._index,j=ev.button._index;
+    if(gd.__pk_lazy[m+","+j])runButton(gd,m,j).catch(fail);});}
 function clickMenu(gd,menu){
   gd.on("plotly_click",function(ev){
     var p=ev&&ev.points&&ev.points[0];if(!p||p.customdata===undefined)return;
     var label=String(p.customdata),m=gd.layout.updatemenus&&gd.layout.updatemenus[menu];if(!m)return;
-    for(var j=0;j<m.buttons.length;j++){var b=m.buttons[j];
-      if(b.label===label){var up={};up["updatemenus["+menu+"].active"]=j;
-        Plotly[b.method].apply(null,[gd].concat(b.args)).then(function(){return Plotly.relayout(gd,up);});return;}}
+    for(var j=0;j<m.buttons.length;j++){
+      if(m.buttons[j].label===label){var up={};up["updatemenus["+menu+"].active"]=j;
+        runButton(gd,menu,j).then(function(){return Plotly.relayout(gd,up);}).catch(fail);return;}}
   });}
 function fail(e){window.__pk_error=String(e&&e.stack||e);console.error(e);
   var d=document.createElement("pre");d.textContent="probekit: could not draw this page: "+e;document.body.appendChild(d);}
@@ -372,12 +419,13 @@ async function main(){
   T.ran_js=performance.now();
   var doc=JSON.parse(new TextDecoder().decode(await inflate(document.getElementById("pk-figs").textContent.trim())));
   var buf=await inflate(document.getElementById("pk-buf").textContent.trim());
-  var shared=doc.shared.map(function(v){return v;});
-  shared=revive(shared,buf,shared);
+  var store=Store(doc,buf);
   T.data=performance.now();
   var post=__PK_POST__;
   for(var i=0;i<doc.figures.length;i++){
-    var spec=revive(doc.figures[i],buf,shared),id="pk-fig-"+i,gd=document.getElementById(id);
+    var lazy=store.detachMenus(doc.figures[i].layout);
+    var spec=store.revive(doc.figures[i]),id="pk-fig-"+i,gd=document.getElementById(id);
+    gd.__pk_lazy=lazy;gd.__pk_store=store;
     // an empty first plot sets up gd's event emitter, so plotly_afterplot of the real draw is seen
     await Plotly.newPlot(gd,[],{},{responsive:true,displaylogo:false});
     window.__pk_afterplot=window.__pk_afterplot||{};window.__pk_afterplot[id]=0;
@@ -387,6 +435,7 @@ async function main(){
     T["plot"+i]=performance.now();
     if(window.__pk_t_first_plot===undefined)window.__pk_t_first_plot=performance.now();
     var meta=(spec.layout.meta&&spec.layout.meta.probekit)||{};
+    lazyMenus(gd);
     if(typeof meta.click_menu==="number")clickMenu(gd,meta.click_menu);
     if(post[i])post[i]();
   }
