@@ -60,6 +60,45 @@ def token_axis(str_tokens: Sequence[str], positions: Sequence[int] | None = None
     return ax
 
 
+#: height in pixels of the row Plotly's toolbar (modebar) takes at the top right; titles and menus go below it.
+TOOLBAR_PX = 34
+
+
+class Frame:
+    """A figure's fixed pixel frame (size and margins, no automargin), turning pixels into paper coordinates.
+
+    Plotly places menus in paper coordinates (the plotting area is 0..1); with
+    fixed margins a pixel position of the whole figure maps to them exactly.
+    """
+
+    def __init__(self, width: int, height: int, *, l: int, r: int, t: int, b: int):
+        self.width, self.height, self.l, self.r, self.t, self.b = width, height, l, r, t, b
+
+    def x(self, px: float) -> float:
+        """Paper x of ``px`` pixels from the figure's left edge."""
+        return (px - self.l) / (self.width - self.l - self.r)
+
+    def y(self, px: float) -> float:
+        """Paper y of ``px`` pixels from the figure's top edge."""
+        return 1 + (self.t - px) / (self.height - self.t - self.b)
+
+    def layout(self) -> dict:
+        return {"width": self.width, "height": self.height, "autosize": False,
+                "margin": {"l": self.l, "r": self.r, "t": self.t, "b": self.b, "autoexpand": False}}
+
+    def title(self, text: str, *, left_px: float = 12, size: int = 16) -> dict:
+        """A title on the row under the toolbar, starting ``left_px`` from the figure's left edge."""
+        return {"text": text, "xref": "container", "x": left_px / self.width, "xanchor": "left",
+                "yref": "container", "y": 1 - (TOOLBAR_PX + 17) / self.height, "yanchor": "middle",
+                "font": {"size": size}, "automargin": False}
+
+
+def label_px(str_tokens: Sequence[str], max_len: int = 32, font_px: float = 12) -> int:
+    """About how many pixels the longest token label takes at ``font_px`` (a margin to leave for it)."""
+    longest = max((min(len(str(s)), max_len) for s in str_tokens), default=1)
+    return int(8 + 0.6 * font_px * longest)
+
+
 def heatmap(
     z: np.ndarray,
     *,
@@ -153,4 +192,4 @@ def line_figure(
     return fig
 
 
-__all__ = ["ATTENTION_COLORS", "escape", "heatmap", "line_figure", "token_axis", "token_labels"]
+__all__ = ["ATTENTION_COLORS", "TOOLBAR_PX", "Frame", "escape", "label_px", "heatmap", "line_figure", "token_axis", "token_labels"]

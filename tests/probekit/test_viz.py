@@ -154,6 +154,11 @@ def test_write_html_round_trip(tmp_path):
     doc = json.loads(gzip.decompress(base64.b64decode(encode_figures([fig])[0])))
     assert doc["figures"][0]["data"][0]["text"] == doc["figures"][0]["data"][1]["text"]
     assert len(doc["shared"]) == 2  # the 40×50 text of both traces: one row (all alike) and one outer list
+    # equal arrays are stored once, in any figure; unequal ones each have their own place
+    twin = go.Figure(go.Heatmap(z=big.copy()))
+    doc = json.loads(gzip.decompress(base64.b64decode(encode_figures([fig, twin], precision="uint8")[0])))
+    z = [doc["figures"][0]["data"][0]["z"], doc["figures"][0]["data"][1]["z"], doc["figures"][1]["data"][0]["z"]]
+    assert z[0] == z[2] and z[0]["o"] != z[1]["o"]
     # the embedded plotly.js is the plotly package's own bundle
     from probekit.viz.html import _plotly_js_path
 
@@ -169,15 +174,60 @@ def test_write_html_refuses_bad_input(tmp_path):
         write_html([], tmp_path / "x.html")
 
 
-def test_dashboard_budget_12_layers_12_heads_64_tokens(tmp_path):
-    cfg = pk.ModelConfig(n_layers=12, d_model=48, n_heads=12, n_ctx=64, d_vocab=100, attn_only=True)
-    model = pk.build_model(cfg)
-    fig = attention(model, torch.randint(0, 100, (1, 64)))
-    assert len(fig.data) == 144
-    path = write_html(fig, tmp_path / "big.html")
-    assert path.stat().st_size <= 2.5e6, path.stat().st_size
-    z = decode_page(path)["figures"][0]["data"][17]["z"]
-    np.testing.assert_allclose(z, fig.data[17].z, atol=1 / 254 / 2 + 1e-6)
+def test_dashboard_budget_12_layers_12_heads_64_tokens(tmp_path, capsys):
+    """DESIGN's budget: the page `probekit attention` writes by default (all four views) for 12 × 12 × 64, one example."""
+    from probekit.runs import save_run
+
+    task = pk.tasks.get("induction")
+    cfg = pk.ModelConfig(n_layers=12, d_model=48, n_heads=12, n_ctx=64, d_vocab=task.d_vocab, attn_only=True)
+    model = pk.build_model(cfg, tokenizer=task.tokenizer())
+    run = save_run(model, tmp_path / "run", model_config=cfg, task=task)
+    out = tmp_path / "big.html"
+    assert cli(["attention", "--model", str(run), "--task", "induction", "--examples", "1", "--out", str(out)]) == 0
+    assert out.stat().st_size <= 2.5e6, out.stat().st_size
+    page = decode_page(out)
+    figs = page["figures"]
+    assert [f["layout"]["meta"]["probekit"]["view"] for f in figs] == list(VIEWS)
+    tokens = task.batch(1, seed=0, split="test").tokens
+    assert tokens.shape == (1, 64)
+    pats = attention_patterns(model, tokens).numpy()
+    strs = model.to_str_tokens(tokens[0])
+    grid, scores, detail = figs[0]["data"], figs[1], figs[2]
+    assert len(grid) == 144 and sum(t["visible"] is True for t in grid) == 144
+    np.testing.assert_allclose(grid[17]["z"], pats[0, 1, 5], atol=1 / 254 / 2 + 1e-6)
+    assert grid[17]["text"][9][4] == f"query 9 {escape(strs[9])}<br>key 4 {escape(strs[4])}"
+    # every head is selectable in the detail and score views, each with its own pattern
+    for fig in (detail, scores):
+        buttons = fig["layout"]["updatemenus"][0]["buttons"]
+        assert [b["label"] for b in buttons] == [f"L{l}H{h}" for l in range(12) for h in range(12)]
+        np.testing.assert_allclose(buttons[7 * 12 + 3]["args"][0]["z"][0], pats[0, 7, 3], atol=1 / 254 / 2 + 1e-6)
+    # the views share one copy of the patterns: the page's binary data is about one uint8 pattern per head
+    raw = page["raw"]
+    buf = re.search(r'id="pk-buf">([^<]*)<', raw).group(1)
+    assert len(gzip.decompress(base64.b64decode(buf))) < 1.2 * 144 * 64 * 64
+
+
+def test_one_head_views_hold_every_head_within_max_values(tiny_model):
+    tokens = torch.randint(0, 7, (1, 40))
+    L, H = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
+    pats = attention_patterns(tiny_model, tokens).numpy()
+    budget = L * H * 20 * 20  # every head's window together: at most this many values
+    detail = head_detail(tiny_model, tokens, layer=1, head=3, max_tokens=32, max_values=budget)
+    scores = head_scores(tiny_model, tokens, max_tokens=32, max_values=budget)
+    for fig, panel in ((detail, 0), (scores, -1)):
+        assert fig.layout.meta["probekit"]["window"] == [20, 40]  # the last 20 positions, not the last 32
+        assert list(fig.data[panel].x) == list(range(20, 40))
+        buttons = fig.layout.updatemenus[0].buttons
+        assert [b.label for b in buttons] == [f"L{l}H{h}" for l in range(L) for h in range(H)]
+        for i, b in enumerate(buttons):
+            np.testing.assert_allclose(b.args[0]["z"][0], pats[0, i // H, i % H, 20:40, 20:40], atol=1e-6)
+    np.testing.assert_allclose(detail.data[0].z, pats[0, 1, 3, 20:40, 20:40], atol=1e-6)
+    # without a bound, the window is max_tokens long; a given window is kept
+    assert head_detail(tiny_model, tokens, max_tokens=32).layout.meta["probekit"]["window"] == [8, 40]
+    assert head_detail(tiny_model, tokens, window=(3, 9), max_values=1).data[0].z.shape == (6, 6)
+    # a page with both stores each head's window once
+    _, buf = encode_figures([detail, scores])
+    assert len(gzip.decompress(base64.b64decode(buf))) < 1.5 * L * H * 20 * 20
 
 
 def test_line_figure():
