@@ -5,8 +5,9 @@ Example:
     >>> task = pk.tasks.get("parens")
     >>> model = pk.build_model(pk.ModelConfig(n_layers=1, d_model=32, n_heads=2, d_vocab=task.d_vocab))
 
-``import probekit`` stays light: the training loop, loaders, head scores and
-``viz`` are imported on first use.
+``import probekit`` stays light (no torch, TransformerLens or transformers:
+``probekit --help`` starts fast): the model, activation caching, the training
+loop, loaders, head scores and ``viz`` are imported on first use.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import importlib
 from typing import Any
 
 from probekit import tasks
-from probekit.activations import ActivationStore, cache_activations
 from probekit.errors import ProbekitError
-from probekit.model import ModelConfig, build_model, fingerprint
 
 __version__ = "0.1.0"
 
-# name -> module that defines it; imported on first attribute access.
+# name -> module that defines it; imported on first attribute access (a name that is the module's own last
+# component is the module itself).
 _LAZY = {
+    "ModelConfig": "probekit.model",
+    "build_model": "probekit.model",
+    "fingerprint": "probekit.model",
+    "ActivationStore": "probekit.activations.store",
+    "cache_activations": "probekit.activations.cache",
     "load": "probekit.loading",
     "save_run": "probekit.runs",
     "TrainConfig": "probekit.training",
@@ -43,5 +48,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'probekit' has no attribute {name!r}")
 
 
-__all__ = ["ActivationStore", "ModelConfig", "ProbekitError", "build_model", "cache_activations", "fingerprint",
-           "tasks", *_LAZY]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+__all__ = ["ProbekitError", "tasks", *_LAZY]

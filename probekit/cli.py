@@ -3,6 +3,13 @@
 Exit codes: 0 success; 2 bad input (one line on stderr, no traceback); 1 an
 internal error. Each command lives in ``probekit/commands/<name>.py`` with a
 ``register(app)`` function; this module collects them.
+
+Starting stays light: ``probekit --help`` imports neither torch,
+TransformerLens nor transformers, and nor does ``probekit CMD --help`` except
+where CMD's help lists a registry whose module imports torch (probe, sweep,
+patch: tests/probekit/test_cli.py checks both). Command modules import what
+they run inside the command's body; such registry choices are filled in only
+when that command's help is shown (``probekit/commands/_help.py``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +38,12 @@ from tqdm.auto import tqdm
 
 from probekit import runs
 from probekit.errors import ProbekitError
+from probekit.precision import PRECISIONS, Precision  # re-exported; torch-free, for the CLI's --precision choices
 from probekit.runs import CHECKPOINT, METRICS, read_checkpoint
 from probekit.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16"]
-#: the valid ``TrainConfig.precision`` values (the CLI's ``--precision`` choices).
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 #: fields that may differ between an interrupted run and its resumption (they do not change the weights).
 _RESUME_FREE = ("checkpoint_every", "eval_every", "eval_batches")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from probekit.commands._help import lazy_help
+
 #: CLI metric name -> registry name in probekit.metrics
 _CLI_METRICS = ("logit-diff", "prob", "logprob", "kl")
 
@@ -29,21 +31,27 @@ def run_patch(model, task, *, target: str, direction: str = "denoising", metric:
                           progress=progress)
 
 
-def register(app: typer.Typer) -> None:
-    from circuits import targets
+def _targets() -> str:
+    from circuits import targets  # imports torch: only for the command's own help page
+
+    return ", ".join(targets.names())
+
+
+def _metrics() -> str:
     from probekit import metrics
 
-    target_help = "what to patch: " + ", ".join(targets.names())
-    metric_help = "metric: " + ", ".join(metrics.names())
+    return ", ".join(metrics.names())
 
-    @app.command("patch")
+
+def register(app: typer.Typer) -> None:
+    @app.command("patch", cls=lazy_help(targets=_targets, metrics=_metrics))
     def patch_cmd(
         model: Path = typer.Option(..., "--model", help="run directory or local Hugging Face directory"),
         task: str = typer.Option(..., "--task", help="built-in task giving clean/corrupt pairs"),
-        target: str = typer.Option("resid", "--target", help=target_help),
+        target: str = typer.Option("resid", "--target", help="what to patch: {targets}"),
         out: Path = typer.Option(..., "--out", help="directory for patch.json and patch.html"),
         direction: str = typer.Option("denoising", "--direction", help="denoising (corrupt run, clean activations) or noising"),
-        metric: str = typer.Option("logit-diff", "--metric", help=metric_help),
+        metric: str = typer.Option("logit-diff", "--metric", help="metric: {metrics}"),
         n: int = typer.Option(16, "--n", help="number of clean/corrupt pairs"),
         seed: int = typer.Option(0, "--seed", help="seed of the pairs"),
         normalized: bool = typer.Option(False, "--normalized", help="rescale the metric: corrupt = 0, clean = 1"),
@@ -54,7 +62,9 @@ def register(app: typer.Typer) -> None:
         import json
 
         import probekit as pk
+        from circuits import targets
         from circuits.patching import check_direction
+        from probekit import metrics
         from probekit.errors import ProbekitError, unknown
         from probekit.viz import write_html
 

@@ -7,11 +7,17 @@ from typing import Optional
 
 import typer
 
+from probekit.commands._help import lazy_help
+
+
+def _kinds() -> str:
+    from probes.trainer import KINDS  # imports torch: only for the command's own help page
+
+    return " | ".join(KINDS)
+
 
 def register(app: typer.Typer) -> None:
-    from probes.trainer import KINDS
-
-    @app.command("probe")
+    @app.command("probe", cls=lazy_help(kinds=_kinds))
     def probe_cmd(
         label: str = typer.Option(..., "--label", help="label to probe (see `probekit tasks`)"),
         layer: str = typer.Option(..., "--layer", help="layer: embed, L3, an integer block, L1H2 or a hook name"),
@@ -21,7 +27,7 @@ def register(app: typer.Typer) -> None:
         task: Optional[str] = typer.Option(None, "--task", help="task to cache on the fly (with --model)"),
         n: int = typer.Option(256, "--n", help="sequences to cache with --model"),
         hook: str = typer.Option("resid_post", "--hook", help="hook kind for an integer --layer"),
-        kind: Optional[str] = typer.Option(None, "--kind", help=f"probe kind: {' | '.join(KINDS)} [from the label]"),
+        kind: Optional[str] = typer.Option(None, "--kind", help="probe kind: {kinds} [from the label]"),
         c: Optional[float] = typer.Option(None, "--C", help="inverse regularisation [cross-validated]"),
         control: bool = typer.Option(False, "--control", help="also fit the control task and report selectivity"),
         seed: int = typer.Option(0, "--seed", help="seed of the split and the control task"),
@@ -31,6 +37,7 @@ def register(app: typer.Typer) -> None:
         from probekit.errors import ProbekitError
         from probes.cli_support import open_store
         from probes.single import train_probe
+        from probes.trainer import KINDS
 
         if kind is not None and kind not in KINDS:
             raise ProbekitError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")

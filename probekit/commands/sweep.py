@@ -7,11 +7,17 @@ from typing import Optional
 
 import typer
 
+from probekit.commands._help import lazy_help
+
+
+def _kinds() -> str:
+    from probes.trainer import KINDS  # imports torch: only for the command's own help page
+
+    return " | ".join(KINDS)
+
 
 def register(app: typer.Typer) -> None:
-    from probes.trainer import KINDS
-
-    @app.command("sweep")
+    @app.command("sweep", cls=lazy_help(kinds=_kinds))
     def sweep_cmd(
         label: str = typer.Option(..., "--label", help="label to probe (see `probekit tasks`)"),
         out: Path = typer.Option(..., "--out", help="directory for sweep.json + sweep.html"),
@@ -19,7 +25,7 @@ def register(app: typer.Typer) -> None:
         model: Optional[Path] = typer.Option(None, "--model", help="run directory, to cache on the fly (with --task)"),
         task: Optional[str] = typer.Option(None, "--task", help="task to cache on the fly (with --model)"),
         n: int = typer.Option(256, "--n", help="sequences to cache with --model"),
-        kind: Optional[str] = typer.Option(None, "--kind", help=f"probe kind: {' | '.join(KINDS)} [from the label]"),
+        kind: Optional[str] = typer.Option(None, "--kind", help="probe kind: {kinds} [from the label]"),
         c: Optional[float] = typer.Option(None, "--C", help="inverse regularisation [cross-validated]"),
         control: bool = typer.Option(True, "--control/--no-control", help="control task and selectivity"),
         mdl: bool = typer.Option(True, "--mdl/--no-mdl", help="MDL online code length"),
@@ -34,6 +40,7 @@ def register(app: typer.Typer) -> None:
         import probes
         from probekit.errors import ProbekitError
         from probes.cli_support import open_store
+        from probes.trainer import KINDS
 
         if kind is not None and kind not in KINDS:
             raise ProbekitError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")

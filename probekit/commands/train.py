@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from probekit.training import PRECISIONS
+from probekit.precision import PRECISIONS
 
 #: ``--precision`` values: TrainConfig's, kebab-case on the command line.
 _PRECISION_FLAGS = {p.replace("_", "-"): p for p in PRECISIONS}
@@ -58,16 +58,18 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
     ) -> None:
         """Train an in-house transformer on a task; writes config.json, model.safetensors, tokenizer, metrics."""
-        import torch
-
         from probekit import tasks
         from probekit.errors import ProbekitError, unknown
-        from probekit.model import build_model
-        from probekit.training import train
 
         if precision is not None and precision not in _PRECISION_FLAGS:
             raise unknown("precision", precision, _PRECISION_FLAGS)
-        t = tasks.get(task)
+        t = tasks.get(task)  # a bad name fails here, before torch is imported
+
+        import torch
+
+        from probekit.model import build_model
+        from probekit.training import train
+
         try:
             dev = torch.device(device)
         except RuntimeError:

@@ -13,8 +13,29 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from typing import TYPE_CHECKING, Any
+
 from probekit.errors import ProbekitError, unknown
-from probekit.tasks.base import LabelSpec, PatchingPairs, Task, TaskBatch
+
+if TYPE_CHECKING:
+    from probekit.tasks.base import LabelSpec, PatchingPairs, Task, TaskBatch
+
+#: the base types, imported from ``probekit.tasks.base`` (torch) on first access: the registry itself
+#: (``names``, the CLI's choices) stays importable without torch.
+_BASE = ("LabelSpec", "PatchingPairs", "Task", "TaskBatch")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE:
+        value = getattr(importlib.import_module("probekit.tasks.base"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'probekit.tasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 _REGISTRY: dict[str, str] = {}
 

@@ -1,4 +1,4 @@
-"""The ``probekit`` command line as a whole: help, ``tasks``, exit codes, and the installed console script.
+"""The ``probekit`` command line as a whole: help, ``tasks``, exit codes, a light start, and the installed console script.
 
 The expected commands come from the CLI's own registry (``probekit/commands/<name>.py``, each registering
 on ``probekit.cli.app``) and the expected tasks from ``probekit.tasks``, so no list here can drift.
@@ -21,6 +21,7 @@ import probekit as pk
 import probekit.commands
 from probekit import cli, runs
 from probekit.cli import main
+from probekit.precision import PRECISIONS as LIGHT_PRECISIONS
 from probekit.training import PRECISIONS, TrainConfig
 
 TINY = ["--layers", "1", "--d-model", "16", "--heads", "2", "--steps", "3", "--batch-size", "4", "--no-progress"]
@@ -72,6 +73,18 @@ def test_each_command_has_help(capsys, name):
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"Usage: probekit {name}")
+
+
+def test_help_names_registry_choices_filled_in_when_shown(capsys):
+    from circuits import targets
+    from probekit import metrics
+    from probes.trainer import KINDS
+
+    expected = {"probe": KINDS, "sweep": KINDS, "patch": [*targets.names(), *metrics.names()]}
+    for name, choices in expected.items():
+        assert main([name, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())  # help wraps lines
+        assert not re.search(r"\{(kinds|targets|metrics)\}", out) and all(c in out.replace("- ", "-") for c in choices), (name, out)
 
 
 # ---- probekit tasks ----
@@ -151,6 +164,10 @@ def test_precision_choices_come_from_the_config(capsys):
     assert f"--precision {'|'.join(flags)} " in capsys.readouterr().out
 
 
+def test_precision_choices_are_re_exported_from_the_light_module():
+    assert PRECISIONS is LIGHT_PRECISIONS
+
+
 def test_bad_precision_exits_2_naming_valid_values(tmp_path, capsys):
     assert main(["train", "--task", "parens", "--out", str(tmp_path / "r"), *TINY, "--precision", "fp16"]) == 2
     line = one_line(capsys.readouterr().err)
@@ -190,7 +207,68 @@ def _run(argv: list[str], **env) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**clean, **env})
 
 
-@pytest.mark.slow  # each start imports torch and transformer_lens (~6 s on two busy cores)
+# ---- a light start: help needs neither torch, TransformerLens nor transformers ----
+
+HEAVY = ("torch", "transformer_lens", "transformers")
+
+#: commands whose help names choices from a registry that lives in a module importing torch at module level
+#: (probes/trainer.py via probes/__init__.py; circuits/targets.py via circuits/__init__.py; probekit/metrics.py).
+#: Their help fills those choices in only when shown, so only their own help page pays for torch.
+HEAVY_HELP = {"probe", "sweep", "patch"}
+
+
+def _heavy_modules_after(code: str) -> list[str]:
+    """The heavy packages present in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    check = f"{code}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    proc = _run([sys.executable, "-c", check])
+    assert proc.returncode == 0, proc.stderr
+    return [m for m in proc.stdout.strip().splitlines()[-1].split(",") if m] if proc.stdout.strip() else []
+
+
+def test_import_probekit_is_light():
+    assert _heavy_modules_after("import probekit, probekit.tasks, probekit.activations\n"
+                                "assert set(probekit.__all__) <= set(dir(probekit))\n"
+                                "assert probekit.tasks.names()") == []
+
+
+def test_root_help_is_light():
+    code = ("import contextlib, io\nimport probekit.cli as cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n    assert cli.main(['--help']) == 0\n"
+            "assert out.getvalue().startswith('Usage: probekit')")
+    assert _heavy_modules_after(code) == []
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="its help lists a registry whose module imports torch"))
+    if n in HEAVY_HELP else n
+    for n in registered_commands()])
+def test_command_help_is_light(name):
+    code = ("import contextlib, io\nimport probekit.cli as cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    assert cli.main([{name!r}, '--help']) == 0\n"
+            f"assert out.getvalue().startswith('Usage: probekit {name}')")
+    assert _heavy_modules_after(code) == []
+
+
+def test_lazy_public_names_are_the_defining_modules_objects():
+    import probekit.activations.cache
+    import probekit.activations.store
+    import probekit.model
+    from probekit.tasks import base
+
+    assert pk.ModelConfig is probekit.model.ModelConfig and pk.build_model is probekit.model.build_model
+    assert pk.fingerprint is probekit.model.fingerprint
+    assert pk.ActivationStore is probekit.activations.store.ActivationStore is probekit.activations.ActivationStore
+    assert pk.cache_activations is probekit.activations.cache.cache_activations
+    assert pk.tasks.Task is base.Task and pk.tasks.TaskBatch is base.TaskBatch
+    for module in (pk, pk.tasks, probekit.activations):
+        assert set(module.__all__) <= set(dir(module))
+        for name in module.__all__:
+            assert getattr(module, name) is not None
+    with pytest.raises(AttributeError):
+        pk.no_such_name  # noqa: B018
+
+
 def test_console_script_help_and_bad_input(tmp_path):
     exe = _console_script()
     ok = _run([exe, "--help"])
@@ -213,7 +291,6 @@ _FAULTY = ("import sys, probekit.tasks as t\n"
            "sys.exit(main(['tasks']))\n")
 
 
-@pytest.mark.slow  # two interpreter starts (~6 s each)
 def test_internal_error_in_a_process_one_line_or_traceback_with_debug():
     short = _run([sys.executable, "-c", _FAULTY])
     assert short.returncode == 1
