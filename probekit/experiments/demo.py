@@ -47,6 +47,7 @@ def run(
     import probes
     from probekit import heads, metrics
     from probekit.training import TrainConfig
+    from probekit.viz.attention import dashboard
 
     out = Path(out)
     rep = Report(out, title="probekit demo: induction heads in a 2-layer attention-only transformer")
@@ -90,8 +91,11 @@ def run(
     )
     rep.add(
         "Attention",
-        text="Every layer and head on one repeated sequence; pick a head for the query x key detail.",
-        figure=pk.viz.attention(model, rep_tokens[:2]),
+        text="The attention dashboard on two repeated sequences: every layer and head (pick the example above the "
+        "grid); head scores (click a head to open its pattern); one head's query x key pattern with the tokens on "
+        "both axes (pick any layer and head); and the attention each query pays over the text (move the slider).",
+        figures={"detail and token views open on": f"L{ind[0]}H{ind[1]}"},
+        figure=dashboard(model, rep_tokens[:2], scores=scores, layer=ind[0], head=ind[1]),
         page="attention.html",
     )
 
