@@ -44,12 +44,13 @@ from probekit.viz.basic import ATTENTION_COLORS, TOOLBAR_PX, Frame, escape, labe
 from probekit.viz.patterns import (
     Tokens,
     as_tokens,
-    bin_text,
+    bin_labels,
     check_index,
     head_window,
     pair_text,
     patterns,
     pool,
+    position_labels,
     view_meta,
 )
 from probekit.viz.scores import head_scores
@@ -79,8 +80,9 @@ def attention(
 
     Returns:
         A figure with one heatmap per head and example (``layer × head × examples`` traces,
-        meta ``probekit.grid = [layers, heads, examples]``); hover shows the head, the query
-        and key positions with their (escaped) tokens, and the weight.
+        meta ``probekit.grid = [layers, heads, examples]``) on hidden category axes named
+        ``POS TOKEN`` (pooled: ``FIRST–LAST TOKEN … TOKEN``); hover shows the head, the query
+        and key with their (escaped) tokens, and the weight.
 
     Example:
         >>> model = pk.build_model(pk.ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=20))
@@ -93,20 +95,22 @@ def attention(
     layer_ids = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     pooled, starts = pool(pats[:B], max_cells)
     size = int(starts[1] - starts[0]) if len(starts) > 1 else 1
-    # one hover text per example, the same list for all its heads (a page stores it once)
-    texts = [pair_text(strs[b], starts) if size == 1 else bin_text(strs[b], starts) for b in range(B)]
+    # hidden category axes named "POS TOKEN" (or a bin's span) give the hover its tokens at 2 × T strings a head,
+    # where per-cell hover text would be T² (in a notebook, every head carries its own copy)
+    names = [position_labels(strs[b], starts) if size == 1 else bin_labels(strs[b], starts) for b in range(B)]
+    where = "query %{y}<br>key %{x}" if size == 1 else "queries %{y}<br>keys %{x}"
     fig = make_subplots(rows=L, cols=H, horizontal_spacing=0.02 / max(1, H / 4), vertical_spacing=0.02 / max(1, L / 4),
                         row_titles=[f"L{l}" for l in layer_ids], column_titles=[f"H{h}" for h in range(H)])
     for b in range(B):
         for i, l in enumerate(layer_ids):
             for h in range(H):
                 fig.add_trace(go.Heatmap(
-                    z=pooled[b, i, h], x=starts, y=starts, text=texts[b], coloraxis="coloraxis", visible=b == 0,
-                    name=f"L{l}H{h}", hovertemplate=f"L{l}H{h}<br>%{{text}}<br>weight %{{z:.3f}}<extra></extra>",
+                    z=pooled[b, i, h], x=names[b], y=names[b], coloraxis="coloraxis", visible=b == 0,
+                    name=f"L{l}H{h}", hovertemplate=f"L{l}H{h}<br>{where}<br>weight %{{z:.3f}}<extra></extra>",
                 ), row=i + 1, col=h + 1)
     # hidden axes: 2 × layers × heads axes with ticks and grids are most of the drawing time
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed")
+    fig.update_xaxes(visible=False, type="category")
+    fig.update_yaxes(visible=False, type="category", autorange="reversed")
     cell = 70 if H > 6 else 110
     menu_px = 40 if B > 1 else 0
     frame = Frame(20 + cell * H + 110, TOOLBAR_PX + 34 + menu_px + 26 + cell * L + 20,

@@ -117,22 +117,22 @@ def head_window(T: int, n_heads: int, *, max_tokens: int, max_values: int,
     return T - n, T
 
 
-def _cells(rows: list[str], cols: list[str]) -> np.ndarray:
-    # an object array: Plotly copies it as is, where a nested list is validated string by string
-    return np.array([[r + k for k in cols] for r in rows], dtype=object)
+def position_labels(strs: Sequence[str], positions: Sequence[int]) -> list[str]:
+    """``POS TOKEN`` for each position (token escaped): distinct even where tokens repeat."""
+    labels = token_labels([strs[p] for p in positions], max_len=32)
+    return [f"{p} {labels[i]}" for i, p in enumerate(positions)]
+
+
+def bin_labels(strs: Sequence[str], starts: np.ndarray) -> list[str]:
+    """``FIRST–LAST TOKEN … TOKEN`` for each pooled bin (tokens escaped)."""
+    T = len(strs)
+    labels = token_labels(strs, max_len=16)
+    ends = [min(int(s) + int(starts[1] - starts[0]), T) - 1 for s in starts]
+    return [f"{s}–{e} {labels[s]} … {labels[e]}" for s, e in zip(starts, ends)]
 
 
 def pair_text(strs: Sequence[str], positions: np.ndarray) -> np.ndarray:
     """Hover text of each (query, key) cell: ``query POS TOKEN<br>key POS TOKEN`` (tokens escaped)."""
-    labels = token_labels([strs[p] for p in positions], max_len=32)
-    cells = [f"{p} {labels[i]}" for i, p in enumerate(positions)]
-    return _cells([f"query {q}<br>key " for q in cells], cells)
-
-
-def bin_text(strs: Sequence[str], starts: np.ndarray) -> np.ndarray:
-    """Hover text of pooled cells: each bin's positions and its first and last token (escaped)."""
-    T = len(strs)
-    labels = token_labels(strs, max_len=16)
-    ends = [min(int(s) + int(starts[1] - starts[0]), T) - 1 for s in starts]
-    spans = [f"{s}–{e} {labels[s]} … {labels[e]}" for s, e in zip(starts, ends)]
-    return _cells([f"queries {q}<br>keys " for q in spans], spans)
+    cells = position_labels(strs, positions)
+    # an object array: Plotly copies it as is, where a nested list is validated string by string
+    return np.array([[f"query {q}<br>key {k}" for k in cells] for q in cells], dtype=object)

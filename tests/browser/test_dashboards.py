@@ -279,7 +279,7 @@ def test_long_input_stays_light(open_page, tmp_path):
     np.testing.assert_allclose(z, pooled, atol=1 / 254)
     np.testing.assert_allclose(z.sum(-1), 1, atol=0.05)
     # the grid's hover names each bin's positions and tokens
-    text = hover_text(run, 0, 4, 8 * 2, 8 * 5)
+    text = hover_text(run, 0, 4, 2, 5)  # bins 2 and 5 of 64 (the axes are the bins)
     assert "L1H1" in text and f"queries 40–47 {strs[40]} … {strs[47]}" in text and f"keys 16–23 {strs[16]}" in text
     assert abs(weight_in(text) - pooled[5, 2]) <= TOL
     window = slice(512 - 128, 512)

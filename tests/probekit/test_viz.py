@@ -59,8 +59,11 @@ def test_grid_has_every_head_and_example(tiny_model):
     # the example selector switches visibility to the chosen example's heads
     vis = fig.layout.updatemenus[0].buttons[2].args[0]["visible"]
     assert vis == [False] * (2 * L * H) + [True] * (L * H)
-    # numeric axes: positions, not categories
-    assert list(fig.data[0].x) == list(range(12))
+    # hidden axes named by position and token: repeated tokens stay distinct, the hover shows the tokens
+    strs = tiny_model.to_str_tokens(tokens[2])
+    assert list(fig.data[2 * L * H].x) == [f"{i} {escape(s)}" for i, s in enumerate(strs)]
+    assert fig.data[2 * L * H].y == fig.data[2 * L * H].x and len(set(fig.data[0].x)) == 12
+    assert fig.data[5].hovertemplate == "L1H1<br>query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"
 
 
 def test_grid_pools_long_inputs_keeping_rows_stochastic():
@@ -74,6 +77,9 @@ def test_grid_pools_long_inputs_keeping_rows_stochastic():
     pats = attention_patterns(model, tokens).numpy()[0, 0, 1]
     np.testing.assert_allclose(z, pats.reshape(50, 4, 50, 4).sum(-1).mean(1), atol=1e-6)
     np.testing.assert_allclose(z.sum(-1), 1, atol=1e-5)
+    strs = [str(int(t)) for t in tokens[0]]  # a model without a tokenizer: the ids
+    assert fig.data[1].x[3] == f"12–15 {escape(strs[12])} … {escape(strs[15])}"
+    assert "queries %{y}<br>keys %{x}" in fig.data[1].hovertemplate
 
 
 def test_head_score_view_marks_exactly_the_planted_heads(tiny_attn_only):
@@ -195,7 +201,7 @@ def test_dashboard_budget_12_layers_12_heads_64_tokens(tmp_path, capsys):
     grid, scores, detail = figs[0]["data"], figs[1], figs[2]
     assert len(grid) == 144 and sum(t["visible"] is True for t in grid) == 144
     np.testing.assert_allclose(grid[17]["z"], pats[0, 1, 5], atol=1 / 254 / 2 + 1e-6)
-    assert grid[17]["text"][9][4] == f"query 9 {escape(strs[9])}<br>key 4 {escape(strs[4])}"
+    assert grid[17]["x"][4] == f"4 {escape(strs[4])}" and grid[17]["y"][9] == f"9 {escape(strs[9])}"
     # every head is selectable in the detail and score views, each with its own pattern
     for fig in (detail, scores):
         buttons = fig["layout"]["updatemenus"][0]["buttons"]
