@@ -105,11 +105,12 @@ def head_scores(
                      tickfont={"size": 10}, row=1, col=4)
     last = len(fig.data) - 1
     ann = len(fig.layout.annotations) - 1  # the "pattern" subplot title
+    where = "" if (start, stop) == (0, T) else f", positions {start}–{stop - 1}"
     buttons = [{"label": f"L{l}H{h}", "method": "update",
                 "args": [{"z": [w[l, h]], "hovertemplate": [hover(l, h)]},
-                         {f"annotations[{ann}].text": f"pattern of L{l}H{h}"}, [last]]}
+                         {f"annotations[{ann}].text": f"pattern of L{l}H{h}{where}"}, [last]]}
                for l in range(L) for h in range(H)]
-    fig.layout.annotations[ann].text = f"pattern of L{best[0]}H{best[1]}"
+    fig.layout.annotations[ann].text = f"pattern of L{best[0]}H{best[1]}{where}"
     fig.update_layout(
         **frame.layout(),
         title=frame.title("head scores (click a head to see its pattern)", left_px=frame.l),

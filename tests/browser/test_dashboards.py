@@ -289,6 +289,8 @@ def test_long_input_stays_light(open_page, tmp_path):
     assert run.js(f"{panel}.z.length") == 128 and run.js(f"{panel}.x[0]") == 384
     choose(run, 3, "L1H0")
     wait_for(run, f"{panel}.hovertemplate.includes('L1H0')")
+    titles = run.js("Array.from(document.querySelectorAll('#pk-fig-3 .annotation-text')).map(t => t.textContent)")
+    assert "pattern of L1H0, positions 384–511" in titles
     z = np.array(run.js(f"{panel}.z"))
     np.testing.assert_allclose(z, pats[0, 1, 0, window, window], atol=1 / 254)
     assert run.js(f"{panel}.z === document.getElementById('pk-fig-1').data[0].z")  # one copy for both views
