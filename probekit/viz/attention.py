@@ -42,6 +42,7 @@ from probekit import heads as pk_heads
 from probekit.errors import ProbekitError
 from probekit.viz.basic import ATTENTION_COLORS, TOOLBAR_PX, Frame, escape, label_px, token_axis, token_labels
 from probekit.viz.patterns import (
+    MAX_VALUES,
     Tokens,
     as_tokens,
     bin_labels,
@@ -54,9 +55,6 @@ from probekit.viz.patterns import (
     view_meta,
 )
 from probekit.viz.scores import head_scores
-
-#: the default bound on one-head-at-a-time views: all heads' windows together hold at most this many values.
-MAX_VALUES = 4_000_000
 
 
 def attention(

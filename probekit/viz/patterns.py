@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 Tokens = Int[Tensor, "batch pos"] | Int[Tensor, " pos"] | str | Sequence[str]
 
+#: the default bound on one-head-at-a-time views (detail, score view): all heads' windows hold at most this many values.
+MAX_VALUES = 4_000_000
+
 #: figures of attention patterns are colour data: uint8 (1/254 steps) is below what the eye tells apart.
 META = {"probekit": {"precision": "uint8"}}
 

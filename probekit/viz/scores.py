@@ -15,10 +15,16 @@ from plotly.subplots import make_subplots
 from probekit import heads as pk_heads
 from probekit.errors import ProbekitError
 from probekit.viz.basic import ATTENTION_COLORS, TOOLBAR_PX, Frame, token_axis
-from probekit.viz.patterns import Tokens, as_tokens, check_index, head_window, pair_text, patterns, view_meta
-
-#: the default bound of the pattern panel: all heads' windows together hold at most this many values.
-MAX_VALUES = 4_000_000
+from probekit.viz.patterns import (
+    MAX_VALUES,
+    Tokens,
+    as_tokens,
+    check_index,
+    head_window,
+    pair_text,
+    patterns,
+    view_meta,
+)
 
 
 def head_scores(
