@@ -45,7 +45,8 @@ class Report:
 
     def add(self, title: str, *, text: str = "", figures: dict[str, Any] | None = None,
             figure=None, page: str | None = None) -> Section:
-        """Add a section; ``figure`` (a Plotly figure) is written to its own page ``page``."""
+        """Add a section; ``figure`` (a Plotly figure, or a list of them shown one under another) is written to
+        its own page ``page``."""
         if figure is not None:
             from probekit.viz import write_html
 

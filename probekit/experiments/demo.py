@@ -115,7 +115,8 @@ def run(
 
     # Patching: which heads carry the induction behaviour?
     pairs = task.patching_pairs(16 if quick else 32, seed=seed + 2)
-    metric = lambda logits: metrics.logit_diff(logits, pairs.answers.to(logits.device), pairs.wrong.to(logits.device))  # noqa: E731
+    # a registry metric declares the one position it reads, so batched patching computes only that position
+    metric = metrics.make("logit-diff", answers=pairs.answers.to(device), wrong=pairs.wrong.to(device))
     clean, corrupt = pairs.clean.to(device), pairs.corrupt.to(device)
     heads_res = circuits.patch(model, clean, corrupt, metric, target="heads", direction="noising", progress=progress)
     resid_res = circuits.patch(model, clean, corrupt, metric, target="resid", progress=progress)
