@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# plotly.js' cartesian partial bundle from the npm registry (a third of plotly's full bundle); optional
+	$(BIN)/python -m probekit.viz.bundle || true
 	touch $@
 
 demo: install

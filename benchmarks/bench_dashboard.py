@@ -7,8 +7,9 @@ on 64 tokens, one example: 144 heatmaps) is written twice:
 
 * anchor: ``Figure.write_html(include_plotlyjs=True)`` — Plotly's default offline
   export (the whole plotly.js inlined, numbers as float32/float64 base64);
-* ours: ``probekit.viz.write_html`` — gzip'd plotly.js inflated by
-  ``DecompressionStream``, patterns packed as uint8.
+* ours: ``probekit.viz.write_html`` — gzip'd plotly.js (the cartesian partial
+  bundle where ``make install`` fetched it, else plotly's full bundle) inflated
+  by ``DecompressionStream``, patterns packed as uint8.
 
 Beside them, the page ``probekit attention`` writes by default (all four views:
 grid, head scores, one head in detail, token view; ``dashboard.html``) is

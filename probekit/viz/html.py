@@ -55,6 +55,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from probekit.errors import ProbekitError
+from probekit.viz import bundle
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +73,24 @@ _CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inlin
 
 # -- plotly.js -------------------------------------------------------------------------------------
 
-def _plotly_js_path() -> Path:
-    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+def plotly_js_gz_b64(trace_types: Sequence[str] = ()) -> str:
+    """The plotly.js for a page whose traces have ``trace_types``, gzip-compressed and base64-encoded.
 
-
-@functools.lru_cache(maxsize=1)
-def plotly_js_gz_b64() -> str:
-    """The plotly package's own ``plotly.min.js``, gzip-compressed and base64-encoded.
-
-    Cached in ``probekit/viz/assets/`` (git-ignored) keyed by the plotly version
-    and the bundle's hash, so the ~0.2 s compression runs once per install.
+    The cartesian partial bundle where the install step brought it and it holds every trace type, else the
+    plotly package's own ``plotly.min.js`` (see :mod:`probekit.viz.bundle`).
     """
-    src = _plotly_js_path()
+    return _gz_b64(bundle.choose(trace_types))
+
+
+@functools.lru_cache(maxsize=2)
+def _gz_b64(src: Path) -> str:
+    """``src`` gzip-compressed and base64-encoded; the compressed file is cached in ``probekit/viz/assets/``
+    (git-ignored) keyed by the plotly version and the bundle's hash, so the ~0.2 s compression runs once."""
     if not src.is_file():
-        raise ProbekitError(f"the plotly package has no bundled plotly.min.js at {src}")
+        raise ProbekitError(f"no plotly.js bundle at {src}")
     raw = src.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()[:12]
-    cache = Path(__file__).parent / "assets" / f"plotly-{plotly.__version__}-{digest}.min.js.gz"
+    cache = bundle.ASSETS / f"{src.name.removesuffix('.min.js')}-{plotly.__version__}-{digest}.min.js.gz"
     if cache.is_file():
         data = cache.read_bytes()
         try:
@@ -308,7 +310,7 @@ def write_html(
         csp=_CSP,
         title=html.escape(title),
         divs=divs,
-        plotly_js=plotly_js_gz_b64(),
+        plotly_js=plotly_js_gz_b64([t.type for f in figs for t in f.data]),
         payload=payload,
         buffer=buffer,
         js=_JS.replace("__PK_POST__", _post_scripts_js(post_script, len(figs))),

@@ -165,10 +165,29 @@ def test_write_html_round_trip(tmp_path):
     doc = json.loads(gzip.decompress(base64.b64decode(encode_figures([fig, twin], precision="uint8")[0])))
     z = [doc["figures"][0]["data"][0]["z"], doc["figures"][0]["data"][1]["z"], doc["figures"][1]["data"][0]["z"]]
     assert z[0] == z[2] and z[0]["o"] != z[1]["o"]
-    # the embedded plotly.js is the plotly package's own bundle
-    from probekit.viz.html import _plotly_js_path
+    # the embedded plotly.js is the bundle chosen for these traces (the partial one where the install fetched it)
+    from probekit.viz import bundle
 
-    assert gzip.decompress(base64.b64decode(page["plotly"])) == _plotly_js_path().read_bytes()
+    assert gzip.decompress(base64.b64decode(page["plotly"])) == bundle.choose(["heatmap", "scatter"]).read_bytes()
+
+
+def test_partial_bundle_only_for_trace_types_it_holds(tmp_path, monkeypatch):
+    """A page of heatmaps embeds the cartesian bundle when it is installed; a page with a 3-D trace (not in it) and
+    an install without it embed plotly's full bundle."""
+    from probekit.viz import bundle
+
+    monkeypatch.setattr(bundle, "ASSETS", tmp_path / "assets")
+    embedded = lambda path: gzip.decompress(base64.b64decode(decode_page(path)["plotly"]))  # noqa: E731
+    heat = go.Figure(go.Heatmap(z=[[0, 1], [1, 0]]))
+    full = bundle.full_path().read_bytes()
+    assert embedded(write_html(heat, tmp_path / "none.html")) == full  # nothing fetched yet
+    bundle.ASSETS.mkdir(exist_ok=True)  # (it may hold the full bundle's compressed copy)
+    # plotly's own bundle under the partial bundle's name, marked: which file is embedded is what is checked here
+    marked = b"/* stand-in for the cartesian bundle */\n" + full
+    bundle.partial_path().write_bytes(marked)
+    assert embedded(write_html(heat, tmp_path / "heat.html")) == marked
+    cube = go.Figure([go.Heatmap(z=[[0, 1]]), go.Scatter3d(x=[0], y=[0], z=[0])])
+    assert embedded(write_html(cube, tmp_path / "cube.html")) == full
 
 
 def test_write_html_refuses_bad_input(tmp_path):
