@@ -13,6 +13,7 @@ loop, loaders, head scores and ``viz`` are imported on first use.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from probekit import tasks
@@ -43,9 +44,12 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
         value = module if module.__name__.endswith("." + name) else getattr(module, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+    elif not name.startswith("_") and importlib.util.find_spec(f"probekit.{name}") is not None:
+        value = importlib.import_module(f"probekit.{name}")  # any submodule, as after an eager import (pk.hooks)
+    else:
+        raise AttributeError(f"module 'probekit' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

@@ -267,6 +267,11 @@ def test_lazy_public_names_are_the_defining_modules_objects():
             assert getattr(module, name) is not None
     with pytest.raises(AttributeError):
         pk.no_such_name  # noqa: B018
+    # every submodule stays reachable as an attribute, as when `import probekit` imported them eagerly
+    import importlib
+
+    for sub in ("hooks", "data", "runs", "tokenizer", "errors"):
+        assert getattr(pk, sub) is importlib.import_module(f"probekit.{sub}")
 
 
 def test_console_script_help_and_bad_input(tmp_path):
