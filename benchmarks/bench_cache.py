@@ -9,8 +9,8 @@ memory budget, and TransformerLens' ``run_with_cache`` with the same
 slows every variant alike. Throughput ratio = anchor time / variant time over
 all rounds (1.0 = as fast as plain forward passes), with the range of the
 per-round ratios. Memory: caching all the sequences at once, in memory and on
-disk; the peak is the process's resident memory above its level when the run
-started, sampled every 2 ms.
+disk, each in a fresh process; the peak is the process's resident memory above
+its level when caching started (after a warm-up forward), sampled every 2 ms.
 
     python -m benchmarks.bench_cache [--device cpu|cuda] [--quick] [--n 2048] [--rounds 8] [--budget 64MiB]
 """
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", default="64MiB", help="memory budget of the on-disk store")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--peak", choices=("memory", "disk"), default=None,
+                    help="(internal) only measure this variant's memory peak caching everything, in this process")
     args, _ = ap.parse_known_args(argv)
     n, rounds = (256, 2) if args.quick else (args.n, args.rounds)
     device, bs = args.device, args.batch_size
@@ -133,6 +137,16 @@ def main(argv: list[str] | None = None) -> None:
                 "TL run_with_cache + gather": run_with_cache}
     times: dict[str, list[float]] = {k: [] for k in variants}
     peaks: dict[str, float] = {}
+    if args.peak:
+        try:
+            forward(0, min(n, 4 * bs))
+            with PeakRSS() as mem:
+                store = (memory if args.peak == "memory" else disk)(0, n)
+                del store
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"peak MiB {mem.mib:.1f}")
+        return
     try:
         forward(0, min(n, 4 * bs))  # warm-up: the first forward passes of a bridge are several times slower
         per = n // rounds
@@ -145,11 +159,12 @@ def main(argv: list[str] | None = None) -> None:
                 variants[name](lo, hi)
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
-        for name in list(variants)[1:3]:  # memory: everything at once
-            with PeakRSS() as mem:
-                store = variants[name](0, n)
-                del store
-            peaks[name] = mem.mib
+        # memory: everything at once, each variant in a fresh process (freed memory a process keeps would hide
+        # a later variant's peak)
+        for name, kind in zip(list(variants)[1:3], ("memory", "disk")):
+            cmd = [sys.executable, "-m", "benchmarks.bench_cache", "--peak", kind, *(argv if argv is not None else sys.argv[1:])]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            peaks[name] = float(out.split()[-1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
