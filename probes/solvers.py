@@ -209,6 +209,26 @@ def fit_logistic(
     return LinearFit(coef=coef.transpose(-1, -2).contiguous(), intercept=intercept.contiguous(), n_iter=n_iter)
 
 
+def gram(X: Float[Tensor, "layer n d_model"], block: int = 192) -> Float[Tensor, "layer d_model d_model"]:
+    """``X^T X`` per layer from its upper block triangle (the lower blocks mirrored): with ``d_model / block`` blocks
+    a side, ``k (k + 1) / 2`` of the ``k^2`` block products, each the same dot products as the full product's.
+    (BLAS' symmetric rank-k update, which scikit-learn's ``X.T @ X`` gets from numpy, is not exposed by torch.)"""
+    L, n, d = X.shape
+    k = max(1, min(4, d // block))
+    b = -(-d // k)
+    if k == 1:
+        return X.transpose(1, 2) @ X
+    G = X.new_empty(L, d, d)
+    for i in range(0, d, b):
+        Xi = X[..., i : i + b].transpose(1, 2)
+        for j in range(i, d, b):
+            blk = Xi @ X[..., j : j + b]
+            G[:, i : i + b, j : j + b] = blk
+            if j != i:
+                G[:, j : j + b, i : i + b] = blk.transpose(1, 2)
+    return G
+
+
 def ridge_stats(
     X: Float[Tensor, "layer n d_model"],
     Y: Float[Tensor, "n out"],
@@ -219,8 +239,11 @@ def ridge_stats(
     sx = torch.einsum("gn,lnd->lgd", weights, X)
     sy = weights @ Y  # [G, O]
     Xt = X.transpose(1, 2)  # [L, d, n]
-    xtx = torch.stack([(Xt * w) @ X for w in weights], 1)  # one [L, d, d] product per group
-    xty = torch.stack([(Xt * w) @ Y for w in weights], 1)
+    # one [L, d, d] Gram matrix per group, of the rows scaled by sqrt(weight) (exact for 0/1 masks); a group of
+    # every row (weight 1) needs no scaled copy of X
+    ones = [bool((w == 1).all()) for w in weights]
+    xtx = torch.stack([gram(X if one else X * w.sqrt()[:, None]) for w, one in zip(weights, ones)], 1)
+    xty = torch.stack([Xt @ Y if one else (Xt * w) @ Y for w, one in zip(weights, ones)], 1)
     yty = weights @ (Y * Y)
     return n_g, sx, sy, xtx, xty, yty
 

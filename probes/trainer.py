@@ -202,7 +202,7 @@ class BatchedProbeTrainer:
         X = X.to(dev, dt)
         mean, scale = standardizer(X) if cfg.standardize else (
             torch.zeros(X.shape[0], X.shape[2], device=dev, dtype=dt), torch.ones(X.shape[0], X.shape[2], device=dev, dtype=dt))
-        Xs = (X - mean[:, None]) / scale[:, None]
+        Xs = (X - mean[:, None]).div_(scale[:, None])  # one temporary, not two
         if C is not None:
             C = torch.as_tensor(C, dtype=torch.float64).reshape(-1)
             if len(C) != X.shape[0]:
@@ -319,7 +319,9 @@ def check_stack(X) -> Tensor:
         raise ProbekitError(f"activations must be [layer, n, d] or [n, d], got shape {tuple(X.shape)}")
     if not X.is_floating_point():
         X = X.float()
-    bad = ~torch.isfinite(X)
+    if torch.isfinite(X.sum()):  # one pass, no mask: a NaN or inf anywhere makes the sum NaN or inf
+        return X
+    bad = ~torch.isfinite(X)  # (or the float32 sum overflowed on finite values: then nothing is bad)
     if bool(bad.any()):
         rows = bad.any(-1).any(0).nonzero().flatten()
         raise ProbekitError(f"activations have NaN/inf values in {len(rows)} rows (first: row {int(rows[0])})")
@@ -328,6 +330,5 @@ def check_stack(X) -> Tensor:
 
 def standardizer(X: Float[Tensor, "layer n d_model"]) -> tuple[Tensor, Tensor]:
     """Per-layer mean and standard deviation (zero std -> 1), as ``StandardScaler``."""
-    mean = X.mean(1)
-    scale = X.std(1, correction=0)
+    scale, mean = torch.std_mean(X, 1, correction=0)
     return mean, torch.where(scale > 1e-12 * mean.abs().clamp_min(1.0), scale, torch.ones_like(scale))

@@ -103,3 +103,14 @@ def test_bad_inputs():
         trainer.fit(X, torch.zeros(100, dtype=torch.long))
     with pytest.raises(ProbekitError, match="kind"):
         ProbeConfig(kind="svm")
+
+
+@pytest.mark.parametrize("d", [100, 500, 770])
+def test_gram_from_block_triangle_equals_the_full_product(d):
+    from probes.solvers import gram
+
+    X = torch.randn(2, 300, d, generator=torch.Generator().manual_seed(d))
+    G = gram(X)
+    assert G.shape == (2, d, d)
+    torch.testing.assert_close(G, X.transpose(1, 2) @ X, rtol=1e-5, atol=1e-3)
+    assert torch.equal(G, G.transpose(1, 2))
