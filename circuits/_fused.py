@@ -111,12 +111,13 @@ class Fused:
 
     def current(self, params: list[Tensor]) -> bool:
         """Whether ``params`` are the fused parameters, unchanged: the same objects holding the same values (this
-        sees optimizer steps, ``load_state_dict``, writes through ``.data`` and moves to another device)."""
+        sees optimizer steps, ``load_state_dict``, writes through ``.data``, moves to another device or dtype)."""
         if len(params) != len(self.params) or any(p is not q for p, q in zip(params, self.params)):
             return False
-        try:
-            return all(torch.equal(p, s) for p, s in zip(params, self.snapshot))
-        except RuntimeError:  # moved to another device
+        try:  # (torch.equal alone calls float32 and float64 copies of the same values equal)
+            return all(p.dtype == s.dtype and p.device == s.device and torch.equal(p, s)
+                       for p, s in zip(params, self.snapshot))
+        except RuntimeError:
             return False
 
     def hooked(self) -> bool:

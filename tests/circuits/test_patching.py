@@ -223,6 +223,9 @@ def test_plain_forward_stands_in_only_for_verified_unhooked_weights(target):
     finally:
         model.reset_hooks()
     assert both().extra["plain_forward"]
+    model.to(torch.float64)  # the same parameter objects holding equal values, in another dtype: fused again
+    assert not both().extra["plain_forward"]
+    assert both().extra["plain_forward"]
 
 
 def test_metric_that_mixes_stacked_copies_is_called_per_copy(tiny_model, caplog):
