@@ -12,11 +12,8 @@ loop, loaders, head scores and ``viz`` are imported on first use.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Any
-
 from probekit import tasks
+from probekit._lazy import attach
 from probekit.errors import ProbekitError
 
 __version__ = "0.1.0"
@@ -40,20 +37,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(_LAZY[name])
-        value = module if module.__name__.endswith("." + name) else getattr(module, name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"probekit.{name}") is not None:
-        value = importlib.import_module(f"probekit.{name}")  # any submodule, as after an eager import (pk.hooks)
-    else:
-        raise AttributeError(f"module 'probekit' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__getattr__, __dir__ = attach(__name__, _LAZY, submodules=True)
 
 __all__ = ["ProbekitError", "tasks", *_LAZY]

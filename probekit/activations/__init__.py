@@ -9,8 +9,7 @@ a store directory).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from probekit._lazy import attach
 
 # name -> submodule that defines it, imported on first access: ``cache`` pulls in TransformerLens' bridge, which
 # ``import probekit.activations.store`` (or ``.disk``) alone should not.
@@ -22,16 +21,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'probekit.activations' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__getattr__, __dir__ = attach(__name__, _LAZY)
 
 __all__ = ["ActivationStore", "cache_activations", "expand_hooks", "parse_bytes"]

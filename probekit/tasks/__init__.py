@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from typing import TYPE_CHECKING, Any
-
+from probekit._lazy import attach
 from probekit.errors import ProbekitError, unknown
 
 if TYPE_CHECKING:
@@ -25,16 +25,7 @@ if TYPE_CHECKING:
 _BASE = ("LabelSpec", "PatchingPairs", "Task", "TaskBatch")
 
 
-def __getattr__(name: str) -> Any:
-    if name in _BASE:
-        value = getattr(importlib.import_module("probekit.tasks.base"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'probekit.tasks' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = attach(__name__, dict.fromkeys(_BASE, "probekit.tasks.base"))
 
 
 _REGISTRY: dict[str, str] = {}

@@ -6,8 +6,7 @@ themselves by passing plain arrays and labels to the functions here.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from probekit._lazy import attach
 
 # name -> defining module; imported on first use so `import probekit.viz` stays cheap.
 _LAZY = {
@@ -23,12 +22,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'probekit.viz' has no attribute {name!r}")
-
+__getattr__, __dir__ = attach(__name__, _LAZY)
 
 __all__ = list(_LAZY)
