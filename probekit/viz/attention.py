@@ -34,10 +34,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
+import torch  # noqa: F401 - the docstring examples use it
 from plotly.subplots import make_subplots
 
-import probekit as pk
+import probekit as pk  # noqa: F401 - the docstring examples use it
 from probekit import heads as pk_heads
 from probekit.errors import ProbekitError
 from probekit.viz.basic import ATTENTION_COLORS, TOOLBAR_PX, Frame, escape, label_px, token_axis, token_labels
