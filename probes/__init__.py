@@ -4,7 +4,8 @@
 * :class:`BatchedProbeTrainer` — one probe per layer (and target) at once, CPU or GPU.
 * :func:`sweep` -> :class:`SweepResult` — every layer with control task and
   selectivity, MDL, bootstrap intervals, baselines and LEACE erasure.
-* :func:`fit_ridge_store` — ridge probes streamed from an on-disk store (sufficient statistics).
+* :func:`fit_ridge_store` — ridge probes streamed from an on-disk store (sufficient statistics);
+  :func:`fit_logistic_store` — logistic probes, the store's rows streamed at every L-BFGS evaluation.
 * :func:`save` / :func:`load` — ``probe.safetensors`` + ``probe.json``.
 
 Example:
@@ -22,13 +23,13 @@ from probes.linear import LinearProbe
 from probes.mdl import BLOCKS, MDLResult, online_code
 from probes.single import train_probe
 from probes.stats import bootstrap_ci
-from probes.stream import fit_ridge_store
+from probes.stream import fit_logistic_store, fit_ridge_store
 from probes.sweep import SweepResult, demo_section, sweep, untrained_copy
 from probes.trainer import KINDS, BatchedFit, BatchedProbeTrainer, ProbeConfig
 
 __all__ = [
     "BLOCKS", "KINDS", "BatchedFit", "BatchedProbeTrainer", "ErasureResult", "InterventionResult", "LinearProbe",
     "MDLResult", "ProbeConfig", "SweepResult", "add_direction", "amnesic_check", "bootstrap_ci", "control_keys",
-    "control_labels", "demo_section", "eraser_rank", "fit_eraser", "fit_ridge_store", "majority_rate", "leace_check", "leace_hook", "load", "online_code",
+    "control_labels", "demo_section", "eraser_rank", "fit_eraser", "fit_logistic_store", "fit_ridge_store", "majority_rate", "leace_check", "leace_hook", "load", "online_code",
     "project_out", "save", "selectivity", "sweep", "train_probe", "untrained_copy",
 ]

@@ -1,4 +1,5 @@
-"""Ridge probes straight from an on-disk store, in streamed batches.
+"""Probes straight from an on-disk store, in streamed batches: ridge from sufficient statistics (one pass),
+logistic by the batched L-BFGS reading the rows block by block at each evaluation.
 
 Ridge needs only sufficient statistics (``n``, ``sum x``, ``X^T X``, ``X^T y``,
 ``y^T y``), which add up over batches, so every layer's probe — and every
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from probekit.errors import ProbekitError
 from probes.solvers import fit_ridge, fit_ridge_fixed, ridge_stats
-from probes.trainer import BatchedFit, ProbeConfig, folds
+from probes.trainer import BatchedFit, BatchedProbeTrainer, ProbeConfig, folds
 
 
 def _standardized(stats, mu: Tensor, sd: Tensor):
@@ -133,3 +134,115 @@ def fit_ridge_store(
     b = icpt[:, F].gather(1, best[:, None, :])[:, 0]
     return BatchedFit(coef=W, intercept=b, mean=mu, scale=sd, C=torch.tensor(config.Cs, dtype=torch.float64)[best.cpu()],
                       classes=None, mode="ridge", cv_scores=scores)
+
+
+class StoreRows:
+    """Standardised rows of a store's layers, read from it on each access: a stand-in for the ``[layer, n, d]``
+    stack that the batched logistic solver reads block by block (``X[:, a:b]``, ``X[l:l+1]``, ``X[:, idx]``).
+
+    Memory is one block of rows of every layer at a time, whatever the store's size; each L-BFGS evaluation reads
+    the rows again (the operating system's file cache keeps them when they fit in memory).
+    """
+
+    def __init__(self, store, layers: list[str], idx: Tensor, mean: Tensor, scale: Tensor, batch_rows: int):
+        self.store, self.layers, self.idx = store, layers, idx
+        self.mean, self.scale, self.batch_rows = mean, scale, batch_rows
+        self.shape = (len(layers), len(idx), mean.shape[-1])
+        self.device, self.dtype = mean.device, mean.dtype
+
+    def _read(self, rows: Tensor) -> Tensor:
+        """``[layer, len(rows), d]``: the store's rows ``rows`` (ascending), standardised."""
+        out = torch.empty(len(self.layers), len(rows), self.shape[2], device=self.device, dtype=self.dtype)
+        start = 0
+        while start < len(rows):
+            lo = int(rows[start])
+            stop = start + int(torch.searchsorted(rows[start:], lo + self.batch_rows))
+            sel = rows[start:stop] - lo
+            hi = int(rows[stop - 1]) + 1
+            for i, s in enumerate(self.layers):
+                out[i, start:stop] = self.store.rows(s, lo, hi)[sel].to(self.device, self.dtype)
+            start = stop
+        return out.sub_(self.mean[:, None]).div_(self.scale[:, None])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):  # a range of layers
+            return StoreRows(self.store, self.layers[key], self.idx, self.mean[key], self.scale[key], self.batch_rows)
+        layers, rows = key
+        if layers != slice(None):
+            raise IndexError("StoreRows takes X[:, rows] or X[layers]")
+        sel = self.idx[rows] if isinstance(rows, slice) else self.idx[torch.as_tensor(rows).cpu()]
+        order = torch.argsort(sel)
+        out = self._read(sel[order])
+        return out if bool((order[1:] > order[:-1]).all()) else out[:, torch.argsort(order)]
+
+
+def fit_logistic_store(
+    store,
+    label: str,
+    layers: list[str] | None = None,
+    *,
+    config: ProbeConfig | None = None,
+    rows: Tensor | None = None,
+    batch_rows: int = 8192,
+) -> BatchedFit:
+    """Fit one logistic probe per layer from ``store``, streaming its rows in batches at every L-BFGS evaluation.
+
+    The same solver, objective and cross-validation as ``BatchedProbeTrainer(config).fit`` on the stacked rows,
+    but the rows are never all in memory: standardisation comes from one streamed pass (sums of ``x`` and
+    ``x^2``), and the loss, its gradient and the held-out scores read ``batch_rows`` rows at a time.
+
+    Args:
+        store: an activation store (on disk or in memory).
+        label: a class label.
+        layers: layers to fit (default: every residual layer).
+        config: ``kind="logistic"`` settings (``C=None`` cross-validates over ``Cs`` with stratified folds).
+        rows: boolean ``[rows]`` mask of the rows to fit on (default: where the label is defined).
+        batch_rows: rows read per block.
+    """
+    config = config or ProbeConfig()
+    if config.kind != "logistic":
+        raise ProbekitError(f"fit_logistic_store fits logistic probes; got kind {config.kind!r} (use fit_ridge_store)")
+    if batch_rows < 1:
+        raise ProbekitError(f"batch_rows must be at least 1, got {batch_rows}")
+    layers = layers or store.layers()
+    values, defined = store.label(label)
+    keep = defined if rows is None else (defined & rows)
+    idx = keep.nonzero().flatten()
+    if len(idx) == 0:
+        raise ProbekitError(f"label {label!r} is defined on no rows")
+    dev, dt = torch.device(config.device), getattr(torch, config.dtype)
+    # one streamed pass: mean and (population) standard deviation per layer, as StandardScaler; NaN/inf refused
+    s1 = s2 = None
+    pos = torch.zeros(len(store), dtype=torch.bool)
+    pos[idx] = True
+    for sl, batch in store.iter_batches(layers, batch_rows):
+        sel = pos[sl]
+        if not bool(sel.any()):
+            continue
+        X = torch.stack([batch[s][sel] for s in layers]).to(dev, torch.float64)
+        if not bool(torch.isfinite(X.sum())) and not bool(torch.isfinite(X).all()):
+            raise ProbekitError(f"activations have NaN/inf values in rows {sl.start}–{sl.stop - 1}")
+        s1 = X.sum(1) if s1 is None else s1 + X.sum(1)
+        s2 = (X * X).sum(1) if s2 is None else s2 + (X * X).sum(1)
+    n = len(idx)
+    mean = s1 / n
+    if config.standardize:
+        sd = (s2 / n - mean * mean).clamp_min(0).sqrt()
+        sd = torch.where(sd > 1e-12 * mean.abs().clamp_min(1.0), sd, torch.ones_like(sd))
+    else:
+        mean, sd = torch.zeros_like(mean), torch.ones_like(mean)
+    mean, sd = mean.to(dt), sd.to(dt)
+    Xs = StoreRows(store, layers, idx, mean, sd, batch_rows)
+    y = values[idx]
+    trainer = BatchedProbeTrainer(config)
+    trainer._layer_C = None
+    Cs = (config.C,) if config.C is not None else tuple(config.Cs)
+    y_np = y.numpy() if y.ndim == 1 else np.zeros(n)
+    splits = folds(y_np, config.cv, y.ndim == 1) if config.C is None else []
+    masks = torch.ones(len(splits) + 1, n, device=dev, dtype=dt)
+    for f, (tr, _) in enumerate(splits):
+        masks[f] = 0
+        masks[f, torch.as_tensor(tr, device=dev)] = 1
+    coef, icpt, Csel, cv_scores, n_iter, classes, mode = trainer._fit_logistic(Xs, y, masks, Cs, splits, dev, dt, config)
+    return BatchedFit(coef=coef, intercept=icpt, mean=mean, scale=sd, C=Csel, classes=classes, mode=mode,
+                      cv_scores=cv_scores, n_iter=n_iter)
