@@ -233,16 +233,4 @@ def fit_logistic_store(
         mean, sd = torch.zeros_like(mean), torch.ones_like(mean)
     mean, sd = mean.to(dt), sd.to(dt)
     Xs = StoreRows(store, layers, idx, mean, sd, batch_rows)
-    y = values[idx]
-    trainer = BatchedProbeTrainer(config)
-    trainer._layer_C = None
-    Cs = (config.C,) if config.C is not None else tuple(config.Cs)
-    y_np = y.numpy() if y.ndim == 1 else np.zeros(n)
-    splits = folds(y_np, config.cv, y.ndim == 1) if config.C is None else []
-    masks = torch.ones(len(splits) + 1, n, device=dev, dtype=dt)
-    for f, (tr, _) in enumerate(splits):
-        masks[f] = 0
-        masks[f, torch.as_tensor(tr, device=dev)] = 1
-    coef, icpt, Csel, cv_scores, n_iter, classes, mode = trainer._fit_logistic(Xs, y, masks, Cs, splits, dev, dt, config)
-    return BatchedFit(coef=coef, intercept=icpt, mean=mean, scale=sd, C=Csel, classes=classes, mode=mode,
-                      cv_scores=cv_scores, n_iter=n_iter)
+    return BatchedProbeTrainer(config).fit_standardized(Xs, values[idx], mean, sd)

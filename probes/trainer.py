@@ -203,10 +203,24 @@ class BatchedProbeTrainer:
         mean, scale = standardizer(X) if cfg.standardize else (
             torch.zeros(X.shape[0], X.shape[2], device=dev, dtype=dt), torch.ones(X.shape[0], X.shape[2], device=dev, dtype=dt))
         Xs = (X - mean[:, None]).div_(scale[:, None])  # one temporary, not two
+        return self.fit_standardized(Xs, y, mean, scale, cv_splits=cv_splits, C=C)
+
+    def fit_standardized(self, Xs, y: Tensor, mean: Tensor, scale: Tensor, *,
+                         cv_splits: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                         C: Tensor | None = None) -> BatchedFit:
+        """:meth:`fit` on rows already standardized by ``mean`` and ``scale`` (``[layer, d_model]``, on the device).
+
+        ``Xs`` is a ``[layer, n, d_model]`` tensor, or any object the solvers can read blocks of rows from
+        (``Xs[:, rows]``, ``Xs[l:l+1]``, ``.shape``, ``.device``, ``.dtype``), such as
+        :class:`probes.stream.StoreRows`.
+        """
+        cfg = self.config
+        dev, dt = torch.device(cfg.device), getattr(torch, cfg.dtype)
+        y = torch.as_tensor(y)
         if C is not None:
             C = torch.as_tensor(C, dtype=torch.float64).reshape(-1)
-            if len(C) != X.shape[0]:
-                raise ProbekitError(f"C has {len(C)} values for {X.shape[0]} layers")
+            if len(C) != Xs.shape[0]:
+                raise ProbekitError(f"C has {len(C)} values for {Xs.shape[0]} layers")
             cfg = dataclasses.replace(cfg, C=float(C[0]))
         self._layer_C = C
         Cs = (cfg.C,) if cfg.C is not None else tuple(cfg.Cs)
@@ -216,7 +230,7 @@ class BatchedProbeTrainer:
             splits = cv_splits if cv_splits is not None else folds(y_np, cfg.cv, classification and y.ndim == 1)
         else:
             splits = []
-        n = X.shape[1]
+        n = Xs.shape[1]
         # groups: every fold's training rows, then all rows; each for every C
         masks = torch.ones(len(splits) + 1, n, device=dev, dtype=dt)
         for f, (tr, _) in enumerate(splits):
