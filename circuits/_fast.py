@@ -77,9 +77,6 @@ class FastSuffix:
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def _kv(self, L: Layer, h: Tensor) -> tuple[Tensor, Tensor]:
-        return self.w.kv(L, h)
-
     def _check(self) -> bool:
         """Patching every layer with the base run's own values must give the base run's logits."""
         T = self.resid[0].shape[1]
@@ -154,7 +151,7 @@ class FastSuffix:
         L = self.layers[i]
         N, S, d = x.shape
         h = L.ln1(x)
-        k_s, v_s = self._kv(L, h)
+        k_s, v_s = self.w.kv(L, h)
         qpos = p + torch.arange(S, device=x.device)
         if last_only:
             r = self.out_pos - p
@@ -196,7 +193,7 @@ class FastSuffix:
         # block ``start``: copy k's input changes at row ps[k] alone, so only that row's query, key and value
         # change; the other rows keep the base run's (the rows from p0 on still attend to the new key and value)
         h = L.ln1(src.reshape(N, 1, d))
-        k_new, v_new = self._kv(L, h)  # [N, head, 1, d_head]
+        k_new, v_new = self.w.kv(L, h)  # [N, head, 1, d_head]
         q_new = torch.addmm(L.bq, h.view(N, d), L.Wq).view(K, B, self.H, self.E)
         k0, v0 = self.kv[start]
         k_all, v_all = k0.unsqueeze(0).repeat(K, 1, 1, 1, 1), v0.unsqueeze(0).repeat(K, 1, 1, 1, 1)

@@ -124,10 +124,6 @@ class Fused:
         """Whether any hook point of the model holds a forward hook (then its plain runs would skip that hook)."""
         return any(hp._forward_hooks or hp._forward_pre_hooks for hp in self.hook_points)
 
-    def trusted(self) -> bool:
-        """Whether the plain forward stands in for the bridge now: verified on these weights and no hooks."""
-        return self.verified and not self.hooked()
-
     def kv(self, L: Layer, h: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values ``[N, head, S, d_head]`` of normalized rows ``h`` (``[N, S, d_model]``)."""
         N, S, _ = h.shape

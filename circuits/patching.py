@@ -122,8 +122,9 @@ class Evaluator:
 
     def reads_one_position(self, logits: Tensor) -> int | None:
         """The position a :class:`~probekit.metrics.Metric` declares it reads (non-negative), once ``logits`` show
-        it: the metric of ``logits`` equals that of their row at that position copied to every position, and its
-        stacked form agrees. ``None`` for other metrics or a declaration the logits contradict."""
+        it: the metric of ``logits`` equals that of their row at that position copied to every position. ``None``
+        for other metrics, one :meth:`check_stacked` found calling copies one by one, or a declaration the logits
+        contradict."""
         if not self.stacked:
             return None
         T = logits.shape[1]
@@ -228,7 +229,8 @@ def patch(
                  | {f"blocks.{n_layers - 1}.hook_resid_post"})
         fast_ok = fast_path and t.setter in ("pos", "pos_head") and t.kind in POINTS
         w = fused(model) if fast_ok else None
-        plain = w is not None and w.trusted()
+        hooked = w is not None and w.hooked()  # a hook on the model: its plain runs would skip it
+        plain = w is not None and w.verified and not hooked
         if plain:
             # the plain forward reproduced a hooked run of these weights before: it stands in for the bridge
             base_logits, base_cache, src_logits, src_cache = _plain_pair(w, base, src, names)
@@ -250,7 +252,6 @@ def patch(
         bar = tqdm(total=n_layers * len(indices), desc=f"patch {t.name}", disable=not progress)
         fast = None
         if w is not None:
-            hooked = w.hooked()
             fast = FastSuffix(w, engine.resid, base_logits, base_cache[f"blocks.{n_layers - 1}.hook_resid_post"],
                               out_pos, check=hooked or not w.suffix_ok)
             fast = fast if fast.ok else None
@@ -291,7 +292,7 @@ def patch(
 #: of ``max(d_model, d_mlp)`` floats) reaches this many bytes. On CPU, small enough to stay in the processor's
 #: cache, which measured faster than larger stacks (6 layers, d_model 256, resid sweep: 1,024 rows 5.5 s, 8,192
 #: rows 7.5 s); on an accelerator larger stacks mean fewer kernel launches.
-BYTES_PER_FORWARD = {"cpu": 4 * 2**20}
+BYTES_PER_FORWARD_CPU = 4 * 2**20
 BYTES_PER_FORWARD_ACCELERATOR = 32 * 2**20
 
 
@@ -307,7 +308,7 @@ def _fast_layer(fast: FastSuffix, t: _targets.Target, src_act: Tensor, base_act:
     P = fast.out_pos
     layer = fast.layers[0]
     width = max(layer.Wo.shape[1], layer.Win.shape[1] if layer.Win is not None else 0)
-    budget = BYTES_PER_FORWARD.get(src_act.device.type, BYTES_PER_FORWARD_ACCELERATOR)
+    budget = BYTES_PER_FORWARD_CPU if src_act.device.type == "cpu" else BYTES_PER_FORWARD_ACCELERATOR
     max_rows = max(B * T, budget // (width * src_act.element_size()))
     row_path = t.kind != "resid_pre"
     by_head = t.setter == "pos_head"
